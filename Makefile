@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` and `make test`. Both create or reuse .venv.
+VENV ?= .venv
+PORTABLE_EP := $(VENV)/bin/portable-ep
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench clean
+
+venv:
+	@VENV=$(VENV) scripts/bootstrap.sh
+
+demo: venv
+	$(PORTABLE_EP) demo
+
+test: venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	@VENV=$(VENV) EXTRAS=cpu,openvino,server,export,dev,bench scripts/bootstrap.sh
+	$(VENV)/bin/python benchmarks/serving_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

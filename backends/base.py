@@ -1,0 +1,104 @@
+"""The provider contract every execution provider implements.
+
+Kept deliberately small: ``probe()`` says whether the provider can run here and why
+not, ``load()`` turns model files into a :class:`Session`, and a session runs
+``{name: ndarray}`` feeds.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from portable_ep.backends.artifacts import ModelArtifacts
+
+Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
+
+
+class ProviderUnavailable(RuntimeError):
+    """This provider cannot serve this model here; the message is one line naming the fix."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+    devices: Tuple[str, ...] = ()
+    capabilities: Tuple[str, ...] = ()
+
+    @classmethod
+    def available(cls, devices: Sequence[str] = (), capabilities: Sequence[str] = ()) -> "Availability":
+        return cls(True, "", tuple(devices), tuple(capabilities))
+
+    @classmethod
+    def unavailable(cls, reason: str) -> "Availability":
+        return cls(False, reason)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: np.dtype
+    shape: Tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the backend asks a provider to load."""
+
+    artifacts: ModelArtifacts
+    precision: str = "fp32"
+    # Provider-specific options, already stripped of their "<provider>." prefix.
+    options: Mapping[str, str] = field(default_factory=dict)
+    device_id: int = 0
+
+
+class Session(abc.ABC):
+    """A loaded model on one provider. Not thread-safe: one per Triton instance."""
+
+    provider: str = ""
+    #: One line for logs: runtime, version, device and precision actually used.
+    description: str = ""
+    precision: str = "fp32"
+    inputs: Sequence[TensorInfo] = ()
+    outputs: Sequence[TensorInfo] = ()
+
+    @abc.abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
+        """Run one batch; returns ``{output name: ndarray}`` for every model output."""
+
+    def close(self) -> None:  # pragma: no cover - default is nothing to release
+        pass
+
+
+class Provider(abc.ABC):
+    name: str = ""
+
+    @abc.abstractmethod
+    def probe(self) -> Availability:
+        """Is the runtime installed and a device present? Cheap, never raises."""
+
+    @abc.abstractmethod
+    def load(self, request: LoadRequest) -> Session:
+        """Load the model; raise :class:`ProviderUnavailable` if this provider cannot serve it."""
+
+
+def check_supported_precision(provider: str, precision: str, supported: Sequence[str]) -> None:
+    if precision not in supported:
+        raise ProviderUnavailable(
+            f"{provider} does not run precision {precision!r} "
+            f"(it runs {', '.join(supported)}); set parameter precision to one of those "
+            "or put another provider first in the chain"
+        )
+
+
+def option_as_int(options: Mapping[str, str], key: str, provider: str) -> Optional[int]:
+    value = options.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ProviderUnavailable(f"option {provider}.{key}={value!r} is not an integer") from None

@@ -1,0 +1,69 @@
+"""Shared ONNX Runtime session handling for the cpu and GPU providers."""
+from __future__ import annotations
+
+from typing import List, Mapping, Sequence
+
+import numpy as np
+
+from portable_ep.backends.base import LoadRequest, ProviderUnavailable, Session, TensorInfo, option_as_int
+from portable_ep.backends.dtypes import ORT_TYPE_TO_NUMPY
+
+
+def import_onnxruntime(provider: str, install_hint: str):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ProviderUnavailable(f"onnxruntime is not installed; {install_hint}") from None
+    return onnxruntime
+
+
+def _tensor_infos(nodes) -> List[TensorInfo]:
+    infos = []
+    for node in nodes:
+        dtype = ORT_TYPE_TO_NUMPY.get(node.type)
+        if dtype is None:
+            raise ProviderUnavailable(f"model tensor {node.name!r} has type {node.type}, which portable-ep does not serve")
+        infos.append(TensorInfo(node.name, dtype, tuple(node.shape)))
+    return infos
+
+
+def session_options(ort, request: LoadRequest, provider: str):
+    opts = ort.SessionOptions()
+    for key, attr in (("intra_op_num_threads", "intra_op_num_threads"), ("inter_op_num_threads", "inter_op_num_threads")):
+        value = option_as_int(request.options, key, provider)
+        if value is not None:
+            setattr(opts, attr, value)
+    level = request.options.get("graph_optimization_level")
+    if level:
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        if level not in levels:
+            raise ProviderUnavailable(f"option {provider}.graph_optimization_level={level!r}; use one of {', '.join(levels)}")
+        opts.graph_optimization_level = levels[level]
+    # Triton already runs one session per instance process; ORT's own spinning
+    # threads would fight the server and the stub for the same cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", request.options.get("allow_spinning", "0"))
+    return opts
+
+
+class OnnxRuntimeSession(Session):
+    def __init__(self, ort, path, providers: Sequence, options, provider_name: str, precision: str, device: str):
+        self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        self.provider = provider_name
+        self.precision = precision
+        self.inputs = _tensor_infos(self._session.get_inputs())
+        self.outputs = _tensor_infos(self._session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+        self.active_providers = tuple(self._session.get_providers())
+        self.description = f"ONNX Runtime {ort.__version__} {self.active_providers[0]} on {device}, {precision}"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
+        results = self._session.run(self._output_names, dict(feeds))
+        return dict(zip(self._output_names, results))
+
+    def close(self) -> None:
+        self._session = None

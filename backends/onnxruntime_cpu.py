@@ -1,0 +1,44 @@
+"""``cpu``: ONNX Runtime's CPUExecutionProvider, the reference every target is compared with."""
+from __future__ import annotations
+
+from portable_ep.backends.base import (
+    Availability,
+    LoadRequest,
+    Provider,
+    ProviderUnavailable,
+    Session,
+    check_supported_precision,
+)
+from portable_ep.backends.onnxruntime_common import OnnxRuntimeSession, import_onnxruntime, session_options
+
+INSTALL_HINT = "pip install 'portable-ep[cpu]'"
+
+
+class OnnxRuntimeCpuProvider(Provider):
+    name = "cpu"
+
+    def probe(self) -> Availability:
+        try:
+            ort = import_onnxruntime(self.name, INSTALL_HINT)
+        except ProviderUnavailable as exc:
+            return Availability.unavailable(str(exc))
+        if "CPUExecutionProvider" not in ort.get_available_providers():
+            return Availability.unavailable(f"onnxruntime {ort.__version__} lists no CPUExecutionProvider")
+        return Availability.available(devices=("cpu",), capabilities=("fp32",))
+
+    def load(self, request: LoadRequest) -> Session:
+        check_supported_precision(self.name, request.precision, ("fp32",))
+        if request.artifacts.onnx is None:
+            raise ProviderUnavailable(
+                f"cpu needs an ONNX model and {request.artifacts.root} has only {request.artifacts.describe()}"
+            )
+        ort = import_onnxruntime(self.name, INSTALL_HINT)
+        return OnnxRuntimeSession(
+            ort,
+            request.artifacts.onnx,
+            ["CPUExecutionProvider"],
+            session_options(ort, request, self.name),
+            provider_name=self.name,
+            precision=request.precision,
+            device="cpu",
+        )

@@ -1,0 +1,113 @@
+"""``openvino``: the OpenVINO runtime on CPU, reading OpenVINO IR or ONNX.
+
+OpenVINO silently computes in bf16 on any CPU with AMX or AVX-512 BF16 (see
+FACTS.md), which moves fp32 outputs by ~1e-3. We pin ``INFERENCE_PRECISION_HINT=f32``
+for fp32 and make bf16 an explicit choice that needs native BF16 hardware.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from portable_ep.backends.base import (
+    Availability,
+    LoadRequest,
+    Provider,
+    ProviderUnavailable,
+    Session,
+    TensorInfo,
+    check_supported_precision,
+)
+from portable_ep.backends.cpu_features import detect_cpu_features
+
+INSTALL_HINT = "pip install 'portable-ep[openvino]'"
+
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+# Options a user may set as parameters "openvino.<key>", mapped to OpenVINO properties.
+OPTION_PROPERTIES = {
+    "performance_hint": "PERFORMANCE_HINT",
+    "num_streams": "NUM_STREAMS",
+    "inference_num_threads": "INFERENCE_NUM_THREADS",
+    "enable_hyper_threading": "ENABLE_HYPER_THREADING",
+    "cache_dir": "CACHE_DIR",
+}
+
+
+def _import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ProviderUnavailable(f"openvino is not installed; {INSTALL_HINT}") from None
+    return openvino
+
+
+def _shape_of(partial_shape) -> tuple:
+    return tuple(d.get_length() if d.is_static else None for d in partial_shape)
+
+
+class OpenVINOSession(Session):
+    def __init__(self, ov, model_path, config: Mapping[str, str], precision: str):
+        core = ov.Core()
+        model = core.read_model(str(model_path))
+        self._compiled = core.compile_model(model, "CPU", dict(config))
+        self._request = self._compiled.create_infer_request()
+        self.provider = "openvino"
+        self.precision = precision
+        self.inputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in self._compiled.inputs]
+        self.outputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in self._compiled.outputs]
+        self._output_ports = [(info.name, port) for info, port in zip(self.outputs, self._compiled.outputs)]
+        actual = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.description = f"OpenVINO {ov.get_version().split('-')[0]} on CPU, {precision} (inference precision {actual}), {model_path.name}"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
+        results = self._request.infer(dict(feeds))
+        # infer() copies outputs (share_outputs=False), so they outlive the next call.
+        return {name: results[port] for name, port in self._output_ports}
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
+
+
+class OpenVINOCpuProvider(Provider):
+    name = "openvino"
+
+    def probe(self) -> Availability:
+        try:
+            ov = _import_openvino()
+            devices = ov.Core().available_devices
+        except ProviderUnavailable as exc:
+            return Availability.unavailable(str(exc))
+        except Exception as exc:  # a broken plugin install should read as unavailable
+            return Availability.unavailable(f"openvino failed to start: {exc}")
+        if "CPU" not in devices:
+            return Availability.unavailable(f"OpenVINO lists no CPU device (devices: {devices})")
+        caps = ["fp32"]
+        if detect_cpu_features().native_bf16:
+            caps.append("bf16")
+        return Availability.available(devices=("CPU",), capabilities=caps)
+
+    def load(self, request: LoadRequest) -> Session:
+        check_supported_precision(self.name, request.precision, tuple(PRECISION_HINTS))
+        if request.precision == "bf16":
+            cpu = detect_cpu_features()
+            if not cpu.native_bf16:
+                raise ProviderUnavailable(
+                    f"bf16 needs native BF16 (AMX or AVX-512 BF16) and this CPU ({cpu.model_name}) has neither; use precision fp32"
+                )
+        model_path = request.artifacts.openvino_xml or request.artifacts.onnx
+        if model_path is None:
+            raise ProviderUnavailable(f"openvino needs model.xml or model.onnx in {request.artifacts.root}")
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[request.precision]}
+        unknown = sorted(set(request.options) - set(OPTION_PROPERTIES))
+        if unknown:
+            raise ProviderUnavailable(
+                f"unknown option(s) {', '.join('openvino.' + k for k in unknown)}; known: "
+                + ", ".join("openvino." + k for k in OPTION_PROPERTIES)
+            )
+        for key, value in request.options.items():
+            config[OPTION_PROPERTIES[key]] = value
+        ov = _import_openvino()
+        return OpenVINOSession(ov, model_path, config, request.precision)

@@ -1,0 +1,1 @@
+"""Exporters: model sources → a bundle, and a bundle → a Triton model repository."""

@@ -1,0 +1,85 @@
+"""Write Triton model repositories for the portable_ep backend.
+
+config.pbtxt is built as a ``ModelConfig`` protobuf and printed with text_format,
+never from string templates, so anything Triton can parse round-trips.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from portable_ep.backends.dtypes import numpy_to_triton_type
+
+BACKEND_NAME = "portable_ep"
+
+
+def _model_config_pb2():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise ImportError("writing config.pbtxt needs tritonclient: pip install 'portable-ep[export]'") from None
+    return model_config_pb2
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    name: str
+    dtype: np.dtype
+    dims: Tuple[int, ...]  # without the batch dimension; -1 = any size
+
+
+def build_model_config(
+    name: str,
+    inputs: Sequence[TensorDecl],
+    outputs: Sequence[TensorDecl],
+    *,
+    max_batch_size: int = 8,
+    dynamic_batching_delay_us: Optional[int] = 1000,
+    instances: int = 1,
+    providers: Optional[str] = None,
+    precision: Optional[str] = None,
+    parameters: Optional[Mapping[str, str]] = None,
+):
+    pb2 = _model_config_pb2()
+    config = pb2.ModelConfig(name=name, backend=BACKEND_NAME, max_batch_size=max_batch_size)
+    for decls, field in ((inputs, config.input), (outputs, config.output)):
+        for decl in decls:
+            field.add(name=decl.name, data_type=pb2.DataType.Value(numpy_to_triton_type(decl.dtype)), dims=list(decl.dims))
+    if max_batch_size > 0 and dynamic_batching_delay_us is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = dynamic_batching_delay_us
+    config.instance_group.add(count=instances, kind=pb2.ModelInstanceGroup.KIND_CPU)
+    params: Dict[str, str] = dict(parameters or {})
+    if providers:
+        params["providers"] = providers
+    if precision:
+        params["precision"] = precision
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def config_to_pbtxt(config) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def parse_pbtxt(text: str):
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _model_config_pb2().ModelConfig())
+
+
+def write_model(repository, config, files: Mapping[str, Path], version: int = 1) -> Path:
+    """Create ``repository/<name>/config.pbtxt`` and copy ``files`` into ``<version>/``."""
+    model_dir = Path(repository) / config.name
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    for dest_name, source in files.items():
+        shutil.copy2(source, version_dir / dest_name)
+    (model_dir / "config.pbtxt").write_text(config_to_pbtxt(config))
+    return model_dir

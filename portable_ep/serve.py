@@ -1,0 +1,72 @@
+"""``portable-ep serve``: run tritonserver on a model repository until Ctrl-C / SIGTERM."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Optional
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from portable_ep.metrics_text import served_providers
+from portable_ep.triton_process import TritonServer
+
+
+def describe_models(server: TritonServer) -> Table:
+    providers = served_providers(server.metrics_text())
+    table = Table(title="models")
+    for column in ("model", "state", "provider", "precision", "runtime / reason"):
+        table.add_column(column)
+    for entry in server.repository_index():
+        name = entry.get("name", "")
+        info = providers.get(name)
+        detail = info["description"] if info else entry.get("reason", "")
+        table.add_row(name, entry.get("state", ""), info["provider"] if info else "-", info["precision"] if info else "-", escape(detail))
+    return table
+
+
+def serve(
+    repository: str,
+    *,
+    host: str = "127.0.0.1",
+    http_port: Optional[int] = 8000,
+    grpc_port: Optional[int] = 8001,
+    metrics_port: Optional[int] = 8002,
+    tritonserver: Optional[str] = None,
+    quiet: bool = False,
+    ready_timeout: float = 300.0,
+) -> int:
+    console = Console(stderr=True)
+    server = TritonServer(
+        repository,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        tritonserver=tritonserver,
+        echo=None if quiet else sys.stderr,
+    )
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        console.print(f"portable-ep: {signal.Signals(signum).name} received, stopping tritonserver")
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    console.print(f"portable-ep: starting {server.installation.binary} on {repository}")
+    with server:
+        console.print(describe_models(server))
+        console.print(
+            f"portable-ep: ready -- HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
+            f"(log: {server.log_path}); Ctrl-C stops"
+        )
+        while not stop.wait(0.5):
+            if server.process.poll() is not None:
+                console.print(f"portable-ep: tritonserver exited with code {server.process.returncode}")
+                return server.process.returncode or 1
+        code = server.stop()
+    console.print(f"portable-ep: tritonserver stopped (exit code {code})")
+    return 0 if code in (0, None) else code

@@ -1,0 +1,173 @@
+"""Validate requests, stack them into one provider call, and split the results back.
+
+Triton's dynamic batcher hands ``execute()`` a list of requests but never stacks
+their tensors; doing it here turns N requests into one provider call. Requests
+whose non-batch shapes differ (e.g. two sequence lengths) cannot share a tensor, so
+they form separate groups: one provider call per distinct shape.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+
+from portable_ep.backends.base import Session
+from portable_ep.backends.dtypes import short_type_name
+from portable_ep.python_backend.model_config import ServingConfig, TensorSpec
+
+Feeds = Mapping[str, np.ndarray]
+
+
+class RequestError(ValueError):
+    """A problem with one request; only that request fails."""
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _expected_text(spec: TensorSpec, batched: bool) -> str:
+    return _shape_text((["batch"] if batched else []) + [d if d >= 0 else -1 for d in spec.dims])
+
+
+def validate_request(feeds: Feeds, config: ServingConfig) -> int:
+    """Check one request against the config; return its batch size (1 when unbatched)."""
+    known = {spec.name for spec in config.inputs}
+    unknown = sorted(set(feeds) - known)
+    if unknown:
+        raise RequestError(
+            f"unknown input {', '.join(repr(u) for u in unknown)}; model {config.name!r} takes "
+            + ", ".join(spec.describe(config.batched) for spec in config.inputs)
+        )
+    batch_sizes = {}
+    for spec in config.inputs:
+        array = feeds.get(spec.name)
+        if array is None:
+            if spec.optional:
+                continue
+            raise RequestError(f"missing input {spec.describe(config.batched)}")
+        if array.dtype != spec.dtype:
+            raise RequestError(
+                f"input {spec.name!r} has data type {_type_name(array.dtype)}, expected {_type_name(spec.dtype)}"
+            )
+        expected_rank = len(spec.dims) + (1 if config.batched else 0)
+        inner = array.shape[1:] if config.batched else array.shape
+        if array.ndim != expected_rank or any(d >= 0 and d != s for d, s in zip(spec.dims, inner)):
+            raise RequestError(
+                f"input {spec.name!r} has shape {_shape_text(array.shape)}, expected {_expected_text(spec, config.batched)}"
+            )
+        if array.size == 0:
+            raise RequestError(f"input {spec.name!r} is empty (shape {_shape_text(array.shape)}); send at least one element")
+        if config.batched:
+            batch_sizes[spec.name] = array.shape[0]
+    if not config.batched:
+        return 1
+    sizes = set(batch_sizes.values())
+    if len(sizes) > 1:
+        raise RequestError(
+            "inputs disagree on the batch size: " + ", ".join(f"{n}={s}" for n, s in batch_sizes.items())
+        )
+    batch = sizes.pop()
+    if batch > config.max_batch_size:
+        raise RequestError(f"batch size {batch} exceeds max_batch_size {config.max_batch_size} of model {config.name!r}")
+    return batch
+
+
+def _type_name(dtype: np.dtype) -> str:
+    try:
+        return short_type_name(dtype)
+    except ValueError:
+        return str(dtype)
+
+
+@dataclass
+class _Pending:
+    index: int
+    feeds: Feeds
+    batch: int
+
+
+def _group_key(feeds: Feeds, batched: bool) -> Tuple:
+    return tuple(sorted((name, array.shape[1:] if batched else array.shape) for name, array in feeds.items()))
+
+
+def group_requests(pending: Sequence[_Pending], batched: bool) -> List[List[_Pending]]:
+    """Requests that can be stacked along axis 0 share a group; order is kept."""
+    if not batched:
+        return [[p] for p in pending]
+    groups: Dict[Tuple, List[_Pending]] = {}
+    for p in pending:
+        groups.setdefault(_group_key(p.feeds, batched), []).append(p)
+    return list(groups.values())
+
+
+def stack_feeds(group: Sequence[_Pending]) -> Dict[str, np.ndarray]:
+    if len(group) == 1:
+        return dict(group[0].feeds)
+    return {name: np.concatenate([p.feeds[name] for p in group], axis=0) for name in group[0].feeds}
+
+
+def split_outputs(outputs: Mapping[str, np.ndarray], sizes: Sequence[int]) -> List[Dict[str, np.ndarray]]:
+    total = sum(sizes)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise RuntimeError(
+                f"model output {name!r} has shape {_shape_text(array.shape)} for a batch of {total}; "
+                "a model that does not batch along axis 0 needs max_batch_size: 0"
+            )
+    if len(sizes) == 1:
+        return [dict(outputs)]
+    bounds = np.cumsum(sizes)[:-1]
+    parts = {name: np.split(array, bounds, axis=0) for name, array in outputs.items()}
+    return [{name: parts[name][i] for name in outputs} for i in range(len(sizes))]
+
+
+Result = Union[Dict[str, np.ndarray], Exception]
+
+
+class BatchExecutor:
+    """Runs a list of requests on one session with as few provider calls as possible."""
+
+    def __init__(self, config: ServingConfig, session: Session):
+        self.config = config
+        self.session = session
+        self.output_dtypes = {spec.name: spec.dtype for spec in config.outputs}
+        #: Provider calls made and requests they carried, for metrics and tests.
+        self.provider_calls = 0
+
+    def _run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self.provider_calls += 1
+        outputs = self.session.run(feeds)
+        result = {}
+        for name, dtype in self.output_dtypes.items():
+            array = outputs[name]
+            result[name] = array if array.dtype == dtype else array.astype(dtype)
+        return result
+
+    def execute(self, requests: Sequence[Feeds]) -> List[Result]:
+        results: List[Result] = [None] * len(requests)  # type: ignore[list-item]
+        pending: List[_Pending] = []
+        for index, feeds in enumerate(requests):
+            try:
+                pending.append(_Pending(index, feeds, validate_request(feeds, self.config)))
+            except RequestError as exc:
+                results[index] = exc
+        for group in group_requests(pending, self.config.batched):
+            self._run_group(group, results)
+        return results
+
+    def _run_group(self, group: List[_Pending], results: List[Result]) -> None:
+        try:
+            outputs = self._run(stack_feeds(group))
+            for p, part in zip(group, split_outputs(outputs, [p.batch for p in group])):
+                results[p.index] = part
+        except Exception as exc:
+            if len(group) > 1:
+                # One bad request (e.g. a token id past the vocabulary) must not fail
+                # the others that happened to share its batch: retry them one by one.
+                for p in group:
+                    self._run_group([p], results)
+                return
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            results[group[0].index] = RequestError(f"{self.session.provider} failed on this request: {first_line}")

@@ -1,0 +1,87 @@
+"""Turn a Triton model configuration and version folder into a serving session.
+
+Pure Python (no ``triton_python_backend_utils``) so it is unit-tested directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from portable_ep.backends import (
+    ChainResolution,
+    LoadRequest,
+    ProviderRegistry,
+    find_model_artifacts,
+    parse_provider_chain,
+    resolve_provider_chain,
+)
+from portable_ep.backends.base import Session
+from portable_ep.backends.chain import split_provider_options
+from portable_ep.backends.dtypes import short_type_name
+from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def signature_mismatches(config: ServingConfig, session: Session) -> List[str]:
+    """Differences between config.pbtxt and the model the provider loaded, one line each."""
+    problems = []
+    model_inputs = {t.name: t for t in session.inputs}
+    model_outputs = {t.name: t for t in session.outputs}
+    for kind, specs, tensors in (("input", config.inputs, model_inputs), ("output", config.outputs, model_outputs)):
+        for spec in specs:
+            tensor = tensors.get(spec.name)
+            if tensor is None:
+                problems.append(f"{kind} {spec.name!r} is not in the model (the model has {', '.join(tensors) or 'none'})")
+                continue
+            if tensor.dtype != spec.dtype:
+                problems.append(
+                    f"{kind} {spec.name!r} is {short_type_name(spec.dtype)} in config.pbtxt but {short_type_name(tensor.dtype)} in the model"
+                )
+            model_dims = list(tensor.shape[1:] if config.batched else tensor.shape)
+            if len(model_dims) != len(spec.dims):
+                problems.append(
+                    f"{kind} {spec.name!r} has {len(spec.dims)} dims in config.pbtxt "
+                    f"({'without' if config.batched else 'with'} the batch dim) but the model has {len(model_dims)}"
+                )
+                continue
+            for position, (want, have) in enumerate(zip(spec.dims, model_dims)):
+                if want >= 0 and isinstance(have, int) and have != want:
+                    problems.append(f"{kind} {spec.name!r} dim {position} is {want} in config.pbtxt but {have} in the model")
+    configured = {spec.name for spec in config.inputs}
+    for name in model_inputs:
+        if name not in configured:
+            problems.append(f"model input {name!r} is missing from config.pbtxt")
+    return problems
+
+
+@dataclass
+class LoadedModel:
+    resolution: ChainResolution
+    precision: str
+    chain: List[str]
+
+
+def load_model(
+    config: ServingConfig,
+    version_dir: Path,
+    device_id: int = 0,
+    registry: Optional[ProviderRegistry] = None,
+) -> LoadedModel:
+    chain = parse_provider_chain(config.parameters.get("providers"))
+    precision = (config.parameters.get("precision") or "fp32").lower()
+    if precision not in PRECISIONS:
+        raise ModelConfigError(f"parameter precision={precision!r}; use one of {', '.join(PRECISIONS)}")
+    artifacts = find_model_artifacts(version_dir)
+    options = split_provider_options(config.parameters)
+
+    def make_request(name: str) -> LoadRequest:
+        return LoadRequest(artifacts=artifacts, precision=precision, options=options.get(name, {}), device_id=device_id)
+
+    resolution = resolve_provider_chain(chain, make_request, registry)
+    problems = signature_mismatches(config, resolution.session)
+    if problems:
+        resolution.session.close()
+        raise ModelConfigError(f"config.pbtxt of model {config.name!r} does not match {artifacts.describe()}: " + "; ".join(problems))
+    return LoadedModel(resolution=resolution, precision=precision, chain=chain)

@@ -1,0 +1,70 @@
+"""The TritonPythonModel behind ``model.py``: Triton's request/response types in, numpy out.
+
+``triton_python_backend_utils`` only exists inside Triton's python stub, so it is
+passed in by the shim rather than imported here.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from portable_ep.python_backend.batching import BatchExecutor
+from portable_ep.python_backend.metrics import BackendMetrics
+from portable_ep.python_backend.model_config import parse_model_config
+from portable_ep.python_backend.model_loader import load_model
+
+LOG_PREFIX = "portable_ep"
+
+
+def _check_numpy(logger) -> None:
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        logger.log_warn(
+            f"{LOG_PREFIX}: numpy {numpy.__version__} in the stub's environment; Triton 2.51's python stub "
+            "mis-sizes outputs with numpy 2 -- install 'numpy<2' there"
+        )
+
+
+class TritonModel:
+    def __init__(self, pb_utils):
+        self.pb = pb_utils
+
+    def initialize(self, args):
+        pb, log = self.pb, self.pb.Logger
+        _check_numpy(log)
+        config = parse_model_config(json.loads(args["model_config"]))
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        device_id = int(args.get("model_instance_device_id") or 0)
+        loaded = load_model(config, version_dir, device_id=device_id)
+        resolution = loaded.resolution
+        where = f"{LOG_PREFIX}: model {config.name!r} instance {args.get('model_instance_name', '')}"
+        for skipped in resolution.skipped:
+            log.log_warn(f"{where}: skipped provider {skipped.name!r}: {skipped.reason}")
+        log.log_info(f"{where}: serving on provider {resolution.provider!r}: {resolution.session.description}")
+        self.config = config
+        self.session = resolution.session
+        self.executor = BatchExecutor(config, resolution.session)
+        self.metrics = BackendMetrics(pb, config.name, args["model_version"], resolution, loaded.precision)
+
+    def execute(self, requests):
+        pb = self.pb
+        feeds = [{t.name(): t.as_numpy() for t in request.inputs()} for request in requests]
+        started = time.perf_counter()
+        results = self.executor.execute(feeds)
+        elapsed = time.perf_counter() - started
+        responses = []
+        errors = 0
+        for request, result in zip(requests, results):
+            if isinstance(result, Exception):
+                errors += 1
+                responses.append(pb.InferenceResponse(error=pb.TritonError(str(result))))
+                continue
+            wanted = request.requested_output_names() or result.keys()
+            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(name, result[name]) for name in wanted]))
+        self.metrics.record_execution(len(requests), errors, elapsed)
+        return responses
+
+    def finalize(self):
+        self.session.close()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create or update the project's virtual environment at .venv (or $VENV).
+#
+# Triton's python stub embeds the system libpython3.11 and loads the standard
+# library of the venv's base interpreter; the two must be the same build, so the
+# venv is made from the system's /usr/bin/python3.11 (see FACTS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+EXTRAS="${EXTRAS:-cpu,openvino,server,export,dev}"
+SYSTEM_PYTHON="${SYSTEM_PYTHON:-/usr/bin/python3.11}"
+
+need_apt=()
+[ -x "$SYSTEM_PYTHON" ] || need_apt+=(python3.11)
+"$SYSTEM_PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3.11-venv)
+ldconfig -p 2>/dev/null | grep -q 'libpython3.11.so.1.0' || need_apt+=(libpython3.11)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${need_apt[*]} (Debian packages the Triton python stub needs)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.base_prefix != "/usr")'; then
+  echo "bootstrap: $VENV was not made from $SYSTEM_PYTHON; recreating it"
+  rm -rf "$VENV"
+fi
+[ -x "$VENV/bin/python" ] || "$SYSTEM_PYTHON" -m venv "$VENV"
+
+stamp="$VENV/.portable-ep-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
+  echo "bootstrap: installing portable-ep[$EXTRAS] into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
+  echo "$EXTRAS" > "$stamp"
+fi
