@@ -27,7 +27,17 @@ def _tensor_infos(nodes) -> List[TensorInfo]:
     return infos
 
 
-def session_options(ort, request: LoadRequest, provider: str):
+SESSION_OPTION_KEYS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level", "allow_spinning", "log_severity_level")
+
+
+def session_options(ort, request: LoadRequest, provider: str, provider_keys: Sequence[str] = ()):
+    """ORT SessionOptions from the ``<provider>.<key>`` parameters; unknown keys are refused by name."""
+    unknown = sorted(set(request.options) - set(SESSION_OPTION_KEYS) - set(provider_keys))
+    if unknown:
+        raise ProviderUnavailable(
+            f"unknown option(s) {', '.join(provider + '.' + k for k in unknown)}; known: "
+            + ", ".join(provider + "." + k for k in (*SESSION_OPTION_KEYS, *provider_keys))
+        )
     opts = ort.SessionOptions()
     for key, attr in (("intra_op_num_threads", "intra_op_num_threads"), ("inter_op_num_threads", "inter_op_num_threads")):
         value = option_as_int(request.options, key, provider)
@@ -44,6 +54,10 @@ def session_options(ort, request: LoadRequest, provider: str):
         if level not in levels:
             raise ProviderUnavailable(f"option {provider}.graph_optimization_level={level!r}; use one of {', '.join(levels)}")
         opts.graph_optimization_level = levels[level]
+    # A failing request is answered with its own error; ORT's duplicate error log
+    # lines (with terminal colour codes) would only clutter the server log.
+    severity = option_as_int(request.options, "log_severity_level", provider)
+    opts.log_severity_level = 4 if severity is None else severity
     # Triton already runs one session per instance process; ORT's own spinning
     # threads would fight the server and the stub for the same cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", request.options.get("allow_spinning", "0"))

@@ -21,6 +21,7 @@ from portable_ep.backends.base import (
 )
 from portable_ep.backends.onnxruntime_common import OnnxRuntimeSession, import_onnxruntime, session_options
 
+CUDA_OPTION_KEYS = ("gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search")
 INSTALL_HINT = "pip install 'portable-ep[cuda]' (onnxruntime-gpu replaces onnxruntime in that environment)"
 
 
@@ -64,14 +65,14 @@ class OnnxRuntimeCudaProvider(Provider):
             raise ProviderUnavailable(f"cuda needs an ONNX model and {request.artifacts.root} has only {request.artifacts.describe()}")
         ort = import_onnxruntime(self.name, INSTALL_HINT)
         cuda_options = {"device_id": str(request.device_id)}
-        for key in ("gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search"):
+        for key in CUDA_OPTION_KEYS:
             if key in request.options:
                 cuda_options[key] = request.options[key]
         session = OnnxRuntimeSession(
             ort,
             request.artifacts.onnx,
             [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"],
-            session_options(ort, request, self.name),
+            session_options(ort, request, self.name, CUDA_OPTION_KEYS),
             provider_name=self.name,
             precision=request.precision,
             device=f"cuda:{request.device_id}",

@@ -31,7 +31,22 @@ def _expected_text(spec: TensorSpec, batched: bool) -> str:
     return _shape_text((["batch"] if batched else []) + [d if d >= 0 else -1 for d in spec.dims])
 
 
-def validate_request(feeds: Feeds, config: ServingConfig) -> int:
+def shared_dimensions(session: Session, batched: bool) -> Dict[str, List[Tuple[str, int]]]:
+    """Symbolic dims the model's inputs share, e.g. ``{"sequence": [("input_ids", 1), ("attention_mask", 1)]}``.
+
+    config.pbtxt can only say -1; the model knows that both inputs' axis 1 is the
+    same "sequence", so a request whose inputs disagree is refused here with a clear
+    message instead of failing deep inside the runtime.
+    """
+    symbols: Dict[str, List[Tuple[str, int]]] = {}
+    for tensor in session.inputs:
+        for axis, dim in enumerate(tensor.shape):
+            if isinstance(dim, str) and not (batched and axis == 0):
+                symbols.setdefault(dim, []).append((tensor.name, axis))
+    return {symbol: uses for symbol, uses in symbols.items() if len(uses) > 1}
+
+
+def validate_request(feeds: Feeds, config: ServingConfig, shared_dims: Mapping[str, Sequence[Tuple[str, int]]] = ()) -> int:
     """Check one request against the config; return its batch size (1 when unbatched)."""
     known = {spec.name for spec in config.inputs}
     unknown = sorted(set(feeds) - known)
@@ -61,6 +76,12 @@ def validate_request(feeds: Feeds, config: ServingConfig) -> int:
             raise RequestError(f"input {spec.name!r} is empty (shape {_shape_text(array.shape)}); send at least one element")
         if config.batched:
             batch_sizes[spec.name] = array.shape[0]
+    for symbol in shared_dims:
+        sizes = {name: feeds[name].shape[axis] for name, axis in shared_dims[symbol] if name in feeds}
+        if len(set(sizes.values())) > 1:
+            raise RequestError(
+                f"inputs disagree on dimension {symbol!r}: " + ", ".join(f"{n} has {s}" for n, s in sizes.items())
+            )
     if not config.batched:
         return 1
     sizes = set(batch_sizes.values())
@@ -133,6 +154,7 @@ class BatchExecutor:
         self.config = config
         self.session = session
         self.output_dtypes = {spec.name: spec.dtype for spec in config.outputs}
+        self.shared_dims = shared_dimensions(session, config.batched)
         #: Provider calls made and requests they carried, for metrics and tests.
         self.provider_calls = 0
 
@@ -150,7 +172,7 @@ class BatchExecutor:
         pending: List[_Pending] = []
         for index, feeds in enumerate(requests):
             try:
-                pending.append(_Pending(index, feeds, validate_request(feeds, self.config)))
+                pending.append(_Pending(index, feeds, validate_request(feeds, self.config, self.shared_dims)))
             except RequestError as exc:
                 results[index] = exc
         for group in group_requests(pending, self.config.batched):

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny models built with a fixed seed, once per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# FACTS.md: numpy's OpenBLAS threads beside OpenVINO hung matmuls on these machines.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from portable_ep.models.tiny import build_bag_of_words, build_identity, build_mlp  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("onnx-models")
+    return {
+        "mlp": build_mlp(root / "mlp.onnx", seed=0),
+        "identity": build_identity(root / "identity.onnx"),
+        "bag_of_words": build_bag_of_words(root / "bag_of_words.onnx", seed=0),
+    }
+
+
+@pytest.fixture(scope="session")
+def reference_run(model_files):
+    """Direct in-process ONNX Runtime (CPU, fp32): the reference every served output matches."""
+    import onnxruntime as ort
+
+    sessions = {}
+
+    def run(model: str, feeds: dict) -> dict:
+        if model not in sessions:
+            sessions[model] = ort.InferenceSession(str(model_files[model]), providers=["CPUExecutionProvider"])
+        session = sessions[model]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds)))
+
+    return run
