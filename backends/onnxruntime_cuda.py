@@ -21,7 +21,7 @@ from portable_ep.backends.base import (
 )
 from portable_ep.backends.onnxruntime_common import OnnxRuntimeSession, import_onnxruntime, session_options
 
-CUDA_OPTION_KEYS = ("gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search")
+CUDA_OPTION_KEYS = ("gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search", "preload_dlls", "use_tf32")
 INSTALL_HINT = "pip install 'portable-ep[cuda]' (onnxruntime-gpu replaces onnxruntime in that environment)"
 
 
@@ -64,8 +64,17 @@ class OnnxRuntimeCudaProvider(Provider):
         if request.artifacts.onnx is None:
             raise ProviderUnavailable(f"cuda needs an ONNX model and {request.artifacts.root} has only {request.artifacts.describe()}")
         ort = import_onnxruntime(self.name, INSTALL_HINT)
-        cuda_options = {"device_id": str(request.device_id)}
-        for key in CUDA_OPTION_KEYS:
+        if request.options.get("preload_dlls", "1") != "0" and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu's CUDA/cuDNN come as nvidia-* wheels in site-packages, which the
+            # dynamic loader does not search; preload_dlls() loads them from there.
+            try:
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001 - a system CUDA install may still satisfy the EP
+                pass
+        # fp32 means fp32: ORT's CUDA EP otherwise runs matmuls in TF32 (seen on an H100:
+        # 6e-4 off the CPU reference for a tiny MLP).
+        cuda_options = {"device_id": str(request.device_id), "use_tf32": request.options.get("use_tf32", "0")}
+        for key in ("gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search"):
             if key in request.options:
                 cuda_options[key] = request.options[key]
         session = OnnxRuntimeSession(

@@ -40,6 +40,7 @@ def build_model_config(
     max_batch_size: int = 8,
     dynamic_batching_delay_us: Optional[int] = 1000,
     instances: int = 1,
+    instance_kind: str = "KIND_CPU",
     providers: Optional[str] = None,
     precision: Optional[str] = None,
     parameters: Optional[Mapping[str, str]] = None,
@@ -51,7 +52,8 @@ def build_model_config(
             field.add(name=decl.name, data_type=pb2.DataType.Value(numpy_to_triton_type(decl.dtype)), dims=list(decl.dims))
     if max_batch_size > 0 and dynamic_batching_delay_us is not None:
         config.dynamic_batching.max_queue_delay_microseconds = dynamic_batching_delay_us
-    config.instance_group.add(count=instances, kind=pb2.ModelInstanceGroup.KIND_CPU)
+    # KIND_GPU gives each instance a device id the cuda provider honours.
+    config.instance_group.add(count=instances, kind=pb2.ModelInstanceGroup.Kind.Value(instance_kind))
     params: Dict[str, str] = dict(parameters or {})
     if providers:
         params["providers"] = providers

@@ -49,16 +49,19 @@ def _python_tag() -> str:
 
 def bundled_triton() -> Optional[TritonInstallation]:
     """The tritonserver inside the nvidia-pytriton wheel, or None when it is not installed."""
-    try:
-        import pytriton  # noqa: F401  (only its location is needed)
-    except ImportError:
+    import importlib.util
+
+    # Only the wheel's location is needed: importing pytriton itself pulls in its client stack.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
         return None
-    home = Path(pytriton.__file__).parent / "tritonserver"
+    package_dir = Path(spec.origin).parent
+    home = package_dir / "tritonserver"
     binary = home / "bin" / "tritonserver"
     if not binary.is_file():
         return None
     stub = home / "python_backend_stubs" / _python_tag() / "triton_python_backend_stub"
-    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    libs = package_dir.parent / "nvidia_pytriton.libs"
     return TritonInstallation(
         binary=binary,
         python_backend=home / "backends" / "python",

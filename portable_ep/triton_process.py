@@ -100,6 +100,9 @@ class TritonServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=self.installation.environment(),
+            # Python stubs put their working directory on sys.path; a checkout's
+            # portable_ep/ folder there would shadow the installed package.
+            cwd=self._workdir.name,
             text=True,
             bufsize=1,
         )
@@ -137,13 +140,13 @@ class TritonServer:
             if self.process.poll() is not None:
                 self._log_thread.join(timeout=5)
                 raise TritonServerError(
-                    f"tritonserver exited with code {self.process.returncode} before it was ready:\n{self.log_tail()}"
+                    f"tritonserver exited with code {self.process.returncode} before it was ready:\n{self.failure_summary()}"
                 )
             if self.is_ready():
                 return
             time.sleep(0.1)
         self.stop()
-        raise TritonServerError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log_tail()}")
+        raise TritonServerError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.failure_summary()}")
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         if self.process is None or self.process.poll() is not None:
@@ -171,6 +174,11 @@ class TritonServer:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def failure_summary(self) -> str:
+        """Triton's 'failed to load' lines when there are any (they say why), else the log's tail."""
+        failures = [line for line in self.log_text().splitlines() if "failed to load" in line]
+        return "\n".join(failures) if failures else self.log_tail()
 
     def repository_index(self) -> list:
         """Each model's name, state and, when it failed to load, Triton's reason."""
