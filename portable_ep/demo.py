@@ -62,14 +62,16 @@ def run_demo(output_dir: Optional[str] = None) -> int:
     try:
         providers = served_providers(server.metrics_text())
         table = Table(title=f"served vs direct ONNX Runtime (batch {len(reference)}, fp32, tolerance {TOLERANCE:g})")
-        for column in ("model", "chain", "served by", "protocol", "max |diff|"):
+        for column in ("model", "chain", "served by", "precision", "protocol", "max |diff|"):
             table.add_column(column)
         for model, chain in CHAINS.items():
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
                 diff = float(np.max(np.abs(infer(protocol, url, model, feeds) - reference)))
                 worst = max(worst, diff)
-                table.add_row(model, chain, escape(providers[model]["description"]), protocol, f"{diff:.2e}")
+                table.add_row(model, chain, providers[model]["provider"], providers[model]["precision"], protocol, f"{diff:.2e}")
         console.print(table)
+        for model in CHAINS:
+            console.print(f"  {model}: {escape(providers[model]['description'])}")
     finally:
         server.stop()
     ok = worst <= TOLERANCE

@@ -1,0 +1,86 @@
+"""The cuda provider's decisions, with the GPU runtime and devices injected at the probe boundary.
+
+The real path runs on GPU machines with benchmarks/cuda_provider_check.py (H100 figures in
+the closing note of the foundation issue); here we check what it decides without one.
+"""
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from portable_ep.backends import LoadRequest, ProviderUnavailable, find_model_artifacts
+from portable_ep.backends import onnxruntime_cuda
+from portable_ep.backends.onnxruntime_cuda import OnnxRuntimeCudaProvider
+
+
+class FakeInferenceSession:
+    active = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    created_with = None
+
+    def __init__(self, path, sess_options=None, providers=()):
+        FakeInferenceSession.created_with = providers
+
+    def get_inputs(self):
+        return []
+
+    def get_outputs(self):
+        return []
+
+    def get_providers(self):
+        return list(self.active)
+
+
+def fake_onnxruntime(available):
+    import onnxruntime as real
+
+    return types.SimpleNamespace(
+        __version__="9.9.9-fake",
+        get_available_providers=lambda: list(available),
+        InferenceSession=FakeInferenceSession,
+        SessionOptions=real.SessionOptions,
+        GraphOptimizationLevel=real.GraphOptimizationLevel,
+    )
+
+
+@pytest.fixture
+def version_dir(tmp_path, model_files):
+    (tmp_path / "model.onnx").write_bytes(model_files["mlp"].read_bytes())
+    return tmp_path
+
+
+def use(monkeypatch, available, devices):
+    ort = fake_onnxruntime(available)
+    monkeypatch.setattr(onnxruntime_cuda, "import_onnxruntime", lambda *a: ort)
+    monkeypatch.setattr(onnxruntime_cuda, "nvidia_devices", lambda: tuple(devices))
+
+
+def test_cpu_only_onnxruntime_is_a_missing_package(monkeypatch):
+    use(monkeypatch, ["CPUExecutionProvider"], ["NVIDIA H100"])
+    availability = OnnxRuntimeCudaProvider().probe()
+    assert not availability.ok and availability.reason.startswith("package missing") and "onnxruntime-gpu" in availability.reason
+
+
+def test_gpu_build_without_a_gpu_is_a_missing_device(monkeypatch):
+    use(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"], [])
+    availability = OnnxRuntimeCudaProvider().probe()
+    assert not availability.ok and availability.reason.startswith("no device") and "--gpus" in availability.reason
+
+
+def test_gpu_present_loads_on_the_instance_device_with_fp32_math(monkeypatch, version_dir):
+    use(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"], ["NVIDIA H100"])
+    FakeInferenceSession.active = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    provider = OnnxRuntimeCudaProvider()
+    assert provider.probe().devices == ("NVIDIA H100",)
+    session = provider.load(LoadRequest(find_model_artifacts(version_dir), device_id=3))
+    cuda_name, cuda_options = FakeInferenceSession.created_with[0]
+    assert cuda_name == "CUDAExecutionProvider"
+    assert cuda_options == {"device_id": "3", "use_tf32": "0"}  # Triton's instance device, no TF32 under fp32
+    assert session.description.startswith("ONNX Runtime 9.9.9-fake CUDAExecutionProvider on cuda:3")
+
+
+def test_silent_fallback_to_cpu_is_treated_as_unavailable(monkeypatch, version_dir):
+    use(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"], ["NVIDIA H100"])
+    FakeInferenceSession.active = ["CPUExecutionProvider"]
+    with pytest.raises(ProviderUnavailable, match="driver: onnxruntime could not start CUDA and fell back to CPU"):
+        OnnxRuntimeCudaProvider().load(LoadRequest(find_model_artifacts(version_dir)))
