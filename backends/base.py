@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from portable_ep.backends.artifacts import ModelArtifacts
+from portable_ep.backends.artifacts import ModelArtifacts, Variant
 
 Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
 
@@ -102,3 +102,11 @@ def option_as_int(options: Mapping[str, str], key: str, provider: str) -> Option
         return int(value)
     except ValueError:
         raise ProviderUnavailable(f"option {provider}.{key}={value!r} is not an integer") from None
+
+
+def select_variant(provider: str, request: LoadRequest, formats: Sequence[str], stored_precision: str) -> Variant:
+    """The model variant a provider runs, or ProviderUnavailable saying which one is missing."""
+    variant = request.artifacts.find(formats, stored_precision)
+    if variant is None:
+        raise ProviderUnavailable(request.artifacts.missing(provider, formats, stored_precision))
+    return variant

@@ -8,10 +8,13 @@ from portable_ep.backends.base import (
     ProviderUnavailable,
     Session,
     check_supported_precision,
+    select_variant,
 )
 from portable_ep.backends.onnxruntime_common import OnnxRuntimeSession, import_onnxruntime, session_options
 
 INSTALL_HINT = "pip install 'portable-ep[cpu]'"
+# Each runs the ONNX variant stored in that precision (fp16 runs slowly on CPU, but runs).
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class OnnxRuntimeCpuProvider(Provider):
@@ -24,18 +27,15 @@ class OnnxRuntimeCpuProvider(Provider):
             return Availability.unavailable(str(exc))
         if "CPUExecutionProvider" not in ort.get_available_providers():
             return Availability.unavailable(f"onnxruntime {ort.__version__} lists no CPUExecutionProvider")
-        return Availability.available(devices=("cpu",), capabilities=("fp32",))
+        return Availability.available(devices=("cpu",), capabilities=PRECISIONS)
 
     def load(self, request: LoadRequest) -> Session:
-        check_supported_precision(self.name, request.precision, ("fp32",))
-        if request.artifacts.onnx is None:
-            raise ProviderUnavailable(
-                f"cpu needs an ONNX model and {request.artifacts.root} has only {request.artifacts.describe()}"
-            )
+        check_supported_precision(self.name, request.precision, PRECISIONS)
+        variant = select_variant(self.name, request, ("onnx",), request.precision)
         ort = import_onnxruntime(self.name, INSTALL_HINT)
         return OnnxRuntimeSession(
             ort,
-            request.artifacts.onnx,
+            variant.path,
             ["CPUExecutionProvider"],
             session_options(ort, request, self.name),
             provider_name=self.name,

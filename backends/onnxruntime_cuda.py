@@ -18,10 +18,12 @@ from portable_ep.backends.base import (
     ProviderUnavailable,
     Session,
     check_supported_precision,
+    select_variant,
 )
 from portable_ep.backends.onnxruntime_common import OnnxRuntimeSession, import_onnxruntime, session_options
 
 CUDA_OPTION_KEYS = ("gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search", "preload_dlls", "use_tf32")
+PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_HINT = "pip install 'portable-ep[cuda]' (onnxruntime-gpu replaces onnxruntime in that environment)"
 
 
@@ -57,12 +59,11 @@ class OnnxRuntimeCudaProvider(Provider):
                 "no device: no NVIDIA GPU found (nvidia-smi lists none and there is no /dev/nvidia*); "
                 "run on a GPU machine, or pass the GPU into the container with --gpus"
             )
-        return Availability.available(devices=devices, capabilities=("fp32", "fp16"))
+        return Availability.available(devices=devices, capabilities=PRECISIONS)
 
     def load(self, request: LoadRequest) -> Session:
-        check_supported_precision(self.name, request.precision, ("fp32",))
-        if request.artifacts.onnx is None:
-            raise ProviderUnavailable(f"cuda needs an ONNX model and {request.artifacts.root} has only {request.artifacts.describe()}")
+        check_supported_precision(self.name, request.precision, PRECISIONS)
+        variant = select_variant(self.name, request, ("onnx",), request.precision)
         ort = import_onnxruntime(self.name, INSTALL_HINT)
         if request.options.get("preload_dlls", "1") != "0" and hasattr(ort, "preload_dlls"):
             # onnxruntime-gpu's CUDA/cuDNN come as nvidia-* wheels in site-packages, which the
@@ -79,7 +80,7 @@ class OnnxRuntimeCudaProvider(Provider):
                 cuda_options[key] = request.options[key]
         session = OnnxRuntimeSession(
             ort,
-            request.artifacts.onnx,
+            variant.path,
             [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"],
             session_options(ort, request, self.name, CUDA_OPTION_KEYS),
             provider_name=self.name,

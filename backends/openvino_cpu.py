@@ -18,12 +18,18 @@ from portable_ep.backends.base import (
     Session,
     TensorInfo,
     check_supported_precision,
+    select_variant,
 )
 from portable_ep.backends.cpu_features import detect_cpu_features
 
 INSTALL_HINT = "pip install 'portable-ep[openvino]'"
 
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# Serving precision -> (variant precision to load, INFERENCE_PRECISION_HINT). bf16 is a
+# runtime choice on the fp32 weights; int8/fp16 variants keep f32 for their float
+# parts so their accuracy is what the exporter measured.
+PRECISION_PLAN = {"fp32": ("fp32", "f32"), "bf16": ("fp32", "bf16"), "fp16": ("fp16", "f32"), "int8": ("int8", "f32")}
+# IR first (what the exporter tuned for OpenVINO), ONNX otherwise: OpenVINO reads both.
+FORMATS = ("openvino", "onnx")
 
 # Options a user may set as parameters "openvino.<key>", mapped to OpenVINO properties.
 OPTION_PROPERTIES = {
@@ -84,23 +90,22 @@ class OpenVINOCpuProvider(Provider):
             return Availability.unavailable(f"openvino failed to start: {exc}")
         if "CPU" not in devices:
             return Availability.unavailable(f"OpenVINO lists no CPU device (devices: {devices})")
-        caps = ["fp32"]
+        caps = ["fp32", "fp16", "int8"]
         if detect_cpu_features().native_bf16:
             caps.append("bf16")
         return Availability.available(devices=("CPU",), capabilities=caps)
 
     def load(self, request: LoadRequest) -> Session:
-        check_supported_precision(self.name, request.precision, tuple(PRECISION_HINTS))
+        check_supported_precision(self.name, request.precision, tuple(PRECISION_PLAN))
         if request.precision == "bf16":
             cpu = detect_cpu_features()
             if not cpu.native_bf16:
                 raise ProviderUnavailable(
                     f"bf16 needs native BF16 (AMX or AVX-512 BF16) and this CPU ({cpu.model_name}) has neither; use precision fp32"
                 )
-        model_path = request.artifacts.openvino_xml or request.artifacts.onnx
-        if model_path is None:
-            raise ProviderUnavailable(f"openvino needs model.xml or model.onnx in {request.artifacts.root}")
-        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[request.precision]}
+        stored, hint = PRECISION_PLAN[request.precision]
+        model_path = select_variant(self.name, request, FORMATS, stored).path
+        config = {"INFERENCE_PRECISION_HINT": hint}
         unknown = sorted(set(request.options) - set(OPTION_PROPERTIES))
         if unknown:
             raise ProviderUnavailable(

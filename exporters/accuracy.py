@@ -1,0 +1,101 @@
+"""Compare outputs with the golden outputs, within a precision's budget.
+
+The one rule export (per variant) and ``portable-ep check`` (served outputs) both
+use, so "within budget" means the same thing everywhere (docs/bundle.md).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+
+#: Defaults written into each manifest; a bundle may carry its own.
+DEFAULT_BUDGETS: Dict[str, Dict[str, float]] = {
+    "fp32": {"max_abs": 1e-4, "min_cosine": 0.99999, "min_top1": 1.0},
+    "fp16": {"max_abs": 1e-2, "min_cosine": 0.999, "min_top1": 0.99},
+    "bf16": {"max_abs": 5e-2, "min_cosine": 0.999, "min_top1": 0.98},
+    "int8": {"max_abs": 2e-1, "min_cosine": 0.99, "min_top1": 0.95},
+}
+
+
+@dataclass(frozen=True)
+class OutputAccuracy:
+    max_abs: float
+    max_rel: float
+    cosine: float  # the worst row's cosine similarity
+    top1: Optional[float]  # agreement of argmax over the last axis; logits outputs only
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 0:
+        return a.reshape(1, 1)
+    return a.reshape(a.shape[0], -1)
+
+
+def compare_output(golden: np.ndarray, actual: np.ndarray, is_logits: bool = False) -> OutputAccuracy:
+    golden = np.asarray(golden)
+    actual = np.asarray(actual)
+    if golden.shape != actual.shape:
+        raise ValueError(f"shape {actual.shape} differs from the golden output's {golden.shape}")
+    g, a = _rows(golden), _rows(actual)
+    diff = np.abs(g - a)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(g).max()) if g.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    norms = np.linalg.norm(g, axis=1) * np.linalg.norm(a, axis=1)
+    dots = np.sum(g * a, axis=1)
+    # Two all-zero rows are identical; one zero row against a non-zero one is not.
+    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(np.all(g == a, axis=1), 1.0, 0.0))
+    cosine = float(cosines.min()) if cosines.size else 1.0
+    top1 = None
+    if is_logits and golden.ndim >= 1 and golden.shape[-1] > 1:
+        top1 = float(np.mean(np.argmax(golden, axis=-1) == np.argmax(actual, axis=-1)))
+    return OutputAccuracy(max_abs, max_rel, cosine, top1)
+
+
+def budget_violations(name: str, accuracy: OutputAccuracy, budget: Mapping[str, float], precision: str) -> list:
+    """One line per limit missed, saying which output, by how much, and which budget."""
+    problems = []
+    if accuracy.max_abs > budget["max_abs"]:
+        problems.append(
+            f"output {name!r}: max abs error {accuracy.max_abs:.3g} exceeds the {precision} budget "
+            f"{budget['max_abs']:.3g} by {accuracy.max_abs - budget['max_abs']:.3g}"
+        )
+    if accuracy.cosine < budget["min_cosine"]:
+        problems.append(
+            f"output {name!r}: cosine {accuracy.cosine:.6f} is below the {precision} budget "
+            f"{budget['min_cosine']} by {budget['min_cosine'] - accuracy.cosine:.3g}"
+        )
+    if accuracy.top1 is not None and accuracy.top1 < budget["min_top1"]:
+        problems.append(
+            f"output {name!r}: top-1 agreement {accuracy.top1:.3f} is below the {precision} budget {budget['min_top1']}"
+        )
+    return problems
+
+
+def compare_outputs(
+    golden: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    budget: Mapping[str, float],
+    precision: str,
+    logits_outputs=(),
+):
+    """``({name: OutputAccuracy}, [violation lines])`` for every golden output."""
+    results, problems = {}, []
+    for name, expected in golden.items():
+        if name not in actual:
+            problems.append(f"output {name!r} is missing from the outputs compared")
+            continue
+        try:
+            acc = compare_output(expected, actual[name], is_logits=name in logits_outputs)
+        except ValueError as exc:
+            problems.append(f"output {name!r}: {exc}")
+            continue
+        results[name] = acc
+        problems.extend(budget_violations(name, acc, budget, precision))
+    return results, problems
