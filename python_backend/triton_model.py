@@ -67,4 +67,5 @@ class TritonModel:
         return responses
 
     def finalize(self):
+        self.metrics.close()
         self.session.close()
