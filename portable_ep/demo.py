@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
-from rich.console import Console
+from portable_ep.console import make_console
 from rich.markup import escape
 from rich.table import Table
 
@@ -48,7 +48,7 @@ def infer(protocol: str, url: str, model: str, feeds: Dict[str, np.ndarray]) -> 
 def run_demo(output_dir: Optional[str] = None) -> int:
     import onnxruntime as ort
 
-    console = Console()
+    console = make_console()
     workdir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="portable-ep-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     with console.status("building a tiny text classifier (seed 0) and its model repository"):

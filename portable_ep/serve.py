@@ -6,7 +6,7 @@ import sys
 import threading
 from typing import Optional
 
-from rich.console import Console
+from portable_ep.console import make_console
 from rich.markup import escape
 from rich.table import Table
 
@@ -38,7 +38,7 @@ def serve(
     quiet: bool = False,
     ready_timeout: float = 300.0,
 ) -> int:
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     server = TritonServer(
         repository,
         host=host,
