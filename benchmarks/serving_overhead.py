@@ -64,6 +64,8 @@ class Settings:
     throughput_warmup_s: float = 5.0
     throughput_seconds: float = 20.0
     raw_seconds: float = 8.0
+    instances: int = 1  # Triton instances of the BERT (each its own stub process)
+    threads_per_instance: int = 0  # the runtime's intra-op threads per instance; 0 = its default
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -213,8 +215,13 @@ def build_bert_repository(workdir: Path, model_path: Path, provider: str, settin
     """One model per server: a provider that fails to load only loses its own row."""
     name = f"bert_{provider}"
     inputs, outputs = onnx_signature(model_path)
+    parameters = {}
+    if settings.threads_per_instance:
+        key = {"cpu": "cpu.intra_op_num_threads", "openvino": "openvino.inference_num_threads"}[provider]
+        parameters[key] = str(settings.threads_per_instance)
     config = build_model_config(name, inputs, outputs, max_batch_size=settings.max_batch_size,
-                                dynamic_batching_delay_us=settings.queue_delay_us, providers=provider)
+                                dynamic_batching_delay_us=settings.queue_delay_us, providers=provider,
+                                instances=settings.instances, parameters=parameters)
     write_model(workdir / f"throughput-models-{provider}", config, {"model.onnx": model_path})
     return name
 
@@ -372,7 +379,8 @@ def print_throughput(rows: Sequence[ThroughputRow], settings: Settings) -> None:
     b = BERT
     table = Table(title=(
         f"Goal 2: BERT L{b['layers']} H{b['hidden']} seq {b['sequence']} fp32, concurrency {settings.concurrency}, "
-        f"max_batch_size {settings.max_batch_size}, queue delay {settings.queue_delay_us} us"
+        f"max_batch_size {settings.max_batch_size}, queue delay {settings.queue_delay_us} us, "
+        f"{settings.instances} instance(s)" + (f" x {settings.threads_per_instance} thread(s)" if settings.threads_per_instance else "")
     ))
     for column in ("provider", "served inf/s", "mean batch", "backend busy", "inf/s while busy", "client CPU",
                    "raw inf/s by batch", "served/raw @ formed", "served/best raw"):
@@ -427,6 +435,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--providers", default="cpu,openvino", help="providers for the throughput goal (default: cpu,openvino)")
     parser.add_argument("--queue-delay-us", type=int, default=Settings.queue_delay_us,
                         help="dynamic batcher max_queue_delay_microseconds for the BERT (default: %(default)s)")
+    parser.add_argument("--instances", type=int, default=Settings.instances,
+                        help="Triton instances of the BERT; a second one only helps when the concurrency exceeds max_batch_size (default: %(default)s)")
+    parser.add_argument("--threads-per-instance", type=int, default=Settings.threads_per_instance,
+                        help="intra-op threads per instance (cpu.intra_op_num_threads / openvino.inference_num_threads); "
+                             "0 leaves the runtime's default (default: %(default)s)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     return parser.parse_args(argv)
@@ -436,6 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     settings.queue_delay_us = args.queue_delay_us
+    settings.instances, settings.threads_per_instance = args.instances, args.threads_per_instance
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     console.print(f"work dir {workdir}; {os.cpu_count()} CPUs shared by tritonserver, its stubs and this client"
