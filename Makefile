@@ -15,7 +15,6 @@ test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
-	@VENV=$(VENV) EXTRAS=cpu,openvino,server,export,dev,bench scripts/bootstrap.sh
 	$(VENV)/bin/python benchmarks/serving_overhead.py
 
 clean:

@@ -30,6 +30,11 @@ class CpuFeatures:
         return "avx512_vnni" in self.flags or "avx512vnni" in self.flags
 
     @property
+    def vnni(self) -> bool:
+        """int8 dot products without saturation (VNNI or AMX); AVX2-only CPUs saturate u8*s8 sums."""
+        return self.avx512_vnni or "avx_vnni" in self.flags or self.amx_int8
+
+    @property
     def native_bf16(self) -> bool:
         """BF16 math in hardware (AMX or AVX-512 BF16), the condition for serving bf16 on CPU."""
         return self.amx_bf16 or self.avx512_bf16

@@ -10,12 +10,15 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-#: Defaults written into each manifest; a bundle may carry its own.
-DEFAULT_BUDGETS: Dict[str, Dict[str, float]] = {
-    "fp32": {"max_abs": 1e-4, "min_cosine": 0.99999, "min_top1": 1.0},
-    "fp16": {"max_abs": 1e-2, "min_cosine": 0.999, "min_top1": 0.99},
-    "bf16": {"max_abs": 5e-2, "min_cosine": 0.999, "min_top1": 0.98},
-    "int8": {"max_abs": 2e-1, "min_cosine": 0.99, "min_top1": 0.95},
+#: Defaults written into each manifest; a bundle may carry its own. int8 has no absolute
+#: limit: its error scales with the output's range (hidden states reach |x| ~ 10), so
+#: cosine and top-1 agreement judge it.
+#: ``min_cosine`` bounds the mean over samples, ``min_worst_cosine`` the worst sample.
+DEFAULT_BUDGETS: Dict[str, Dict[str, Optional[float]]] = {
+    "fp32": {"max_abs": 1e-4, "min_cosine": 0.99999, "min_worst_cosine": 0.9999, "min_top1": 1.0},
+    "fp16": {"max_abs": 1e-2, "min_cosine": 0.999, "min_worst_cosine": 0.998, "min_top1": 0.99},
+    "bf16": {"max_abs": 5e-2, "min_cosine": 0.999, "min_worst_cosine": 0.995, "min_top1": 0.98},
+    "int8": {"max_abs": None, "min_cosine": 0.98, "min_worst_cosine": 0.95, "min_top1": 0.95},
 }
 
 
@@ -23,7 +26,8 @@ DEFAULT_BUDGETS: Dict[str, Dict[str, float]] = {
 class OutputAccuracy:
     max_abs: float
     max_rel: float
-    cosine: float  # the worst row's cosine similarity
+    cosine: float  # mean over samples of the cosine similarity of each sample's flattened output
+    worst_cosine: float  # the worst sample's
     top1: Optional[float]  # agreement of argmax over the last axis; logits outputs only
 
     def as_dict(self) -> dict:
@@ -51,25 +55,32 @@ def compare_output(golden: np.ndarray, actual: np.ndarray, is_logits: bool = Fal
     dots = np.sum(g * a, axis=1)
     # Two all-zero rows are identical; one zero row against a non-zero one is not.
     cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(np.all(g == a, axis=1), 1.0, 0.0))
-    cosine = float(cosines.min()) if cosines.size else 1.0
+    cosine = float(cosines.mean()) if cosines.size else 1.0
+    worst = float(cosines.min()) if cosines.size else 1.0
     top1 = None
     if is_logits and golden.ndim >= 1 and golden.shape[-1] > 1:
         top1 = float(np.mean(np.argmax(golden, axis=-1) == np.argmax(actual, axis=-1)))
-    return OutputAccuracy(max_abs, max_rel, cosine, top1)
+    return OutputAccuracy(max_abs, max_rel, cosine, worst, top1)
 
 
 def budget_violations(name: str, accuracy: OutputAccuracy, budget: Mapping[str, float], precision: str) -> list:
     """One line per limit missed, saying which output, by how much, and which budget."""
     problems = []
-    if accuracy.max_abs > budget["max_abs"]:
+    if budget.get("max_abs") is not None and accuracy.max_abs > budget["max_abs"]:
         problems.append(
             f"output {name!r}: max abs error {accuracy.max_abs:.3g} exceeds the {precision} budget "
             f"{budget['max_abs']:.3g} by {accuracy.max_abs - budget['max_abs']:.3g}"
         )
     if accuracy.cosine < budget["min_cosine"]:
         problems.append(
-            f"output {name!r}: cosine {accuracy.cosine:.6f} is below the {precision} budget "
+            f"output {name!r}: mean cosine {accuracy.cosine:.6f} is below the {precision} budget "
             f"{budget['min_cosine']} by {budget['min_cosine'] - accuracy.cosine:.3g}"
+        )
+    worst_limit = budget.get("min_worst_cosine")
+    if worst_limit is not None and accuracy.worst_cosine < worst_limit:
+        problems.append(
+            f"output {name!r}: worst-sample cosine {accuracy.worst_cosine:.6f} is below the {precision} budget "
+            f"{worst_limit} by {worst_limit - accuracy.worst_cosine:.3g}"
         )
     if accuracy.top1 is not None and accuracy.top1 < budget["min_top1"]:
         problems.append(

@@ -8,8 +8,13 @@ from typing import List, Optional
 
 from rich.console import Console
 
+from portable_ep.console import make_console
+
 EPILOG = """\
 examples:
+  portable-ep export ./my-hf-model bundles/my-model  export fp32/fp16/int8 ONNX + OpenVINO IR, measured
+  portable-ep repo add bundles/my-model --repo models --name my-model
+                                                     write models/my-model/{config.pbtxt,1/}
   portable-ep demo                                   build a tiny model, serve it, check it end to end
   portable-ep serve models/                          serve a model repository on 127.0.0.1:8000/8001/8002
   portable-ep backend install /opt/tritonserver/backends
@@ -53,6 +58,40 @@ def _cmd_serve(args) -> int:
         tritonserver=args.tritonserver,
         quiet=args.quiet,
     )
+
+
+def _csv(value: str) -> list:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _cmd_export(args) -> int:
+    from portable_ep.exporters.bundle import ExportOptions, export_bundle
+    from portable_ep.exporters.report import print_export_report
+
+    options = ExportOptions(
+        task=args.task, precisions=_csv(args.precisions), formats=_csv(args.formats), opset=args.opset,
+        calibration=args.calibration, calibration_samples=args.calibration_samples,
+        reference_samples=args.reference_samples, sequence_length=args.sequence_length, int8_mode=args.int8_mode,
+        allow_out_of_budget=args.allow_out_of_budget, overwrite=args.overwrite, seed=args.seed, name=args.name,
+        progress=not args.no_progress,
+    )
+    result = export_bundle(args.source, args.out_dir, options)
+    print_export_report(result, make_console())
+    return 0
+
+
+def _cmd_repo_add(args) -> int:
+    from portable_ep.exporters.repository import RepoOptions, add_to_repository
+
+    options = RepoOptions(
+        max_batch_size=args.max_batch_size, dynamic_batching_delay_us=args.dynamic_batching_delay_us,
+        instances=args.instances, instance_kind=args.instance_kind, providers=args.providers,
+        precision=args.precision, version=args.version, overwrite=args.overwrite,
+    )
+    model_dir = add_to_repository(args.bundle, args.repo, args.name, options)
+    print(f"wrote {model_dir}/config.pbtxt and {model_dir}/{options.version}/ (the bundle)")
+    print(f"serve it with: portable-ep serve {args.repo}")
+    return 0
 
 
 def _cmd_demo(args) -> int:
@@ -115,6 +154,71 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tritonserver", metavar="PATH", help="tritonserver binary to run")
     serve.add_argument("--quiet", action="store_true", help="do not echo the server log")
     serve.set_defaults(handler=_cmd_serve)
+
+    export = verbs.add_parser(
+        "export",
+        help="export a Hugging Face folder or .onnx file into a bundle of measured variants",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export SOURCE (a local Hugging Face model folder, or a .onnx file) into OUT_DIR: fp32, fp16 and "
+        "int8 ONNX, OpenVINO IR fp32/fp16/int8, golden inputs/outputs (reference/) computed by the source "
+        "framework, and manifest.json. Every variant is run on the runtime that serves it and compared with the "
+        "golden outputs; export fails, naming the output and by how much, when one misses its precision's "
+        "budget. Nothing is fetched from a hub. The bundle is written to a temporary folder and moved into "
+        "place only when complete.",
+        epilog="examples:\n"
+        "  portable-ep export ./bert-sst2 bundles/bert-sst2                     task inferred from config.json\n"
+        "  portable-ep export ./minilm bundles/minilm --task feature-extraction --sequence-length 128\n"
+        "  portable-ep export model.onnx bundles/cnn --calibration calib.npz     int8 calibrated on your data\n"
+        "  portable-ep export ./bert bundles/bert --precisions fp32,int8 --int8-mode dynamic\n",
+    )
+    export.add_argument("source", metavar="SOURCE", help="Hugging Face model folder (config.json + weights) or a .onnx file")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="the bundle folder to write")
+    export.add_argument("--task", help="text-classification, feature-extraction or image-classification "
+                        "(default: inferred from config.json's architectures)")
+    export.add_argument("--precisions", default="fp32,fp16,int8", help="stored precisions, fp32 always included (default: %(default)s)")
+    export.add_argument("--formats", default="onnx,openvino", help="default: %(default)s")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset for Hugging Face sources (default: %(default)s)")
+    calib = export.add_mutually_exclusive_group()
+    calib.add_argument("--calibration", metavar="FILE.npz", help="int8 calibration inputs, arrays keyed by input name")
+    calib.add_argument("--calibration-samples", type=int, default=32, metavar="N",
+                       help="generated calibration samples when no file is given (default: %(default)s)")
+    export.add_argument("--reference-samples", type=int, default=16, metavar="N", help="golden samples (default: %(default)s)")
+    export.add_argument("--sequence-length", type=int, default=128, metavar="N",
+                        help="sequence length of generated text inputs (default: %(default)s)")
+    export.add_argument("--int8-mode", choices=("static", "dynamic"), default="static",
+                        help="ONNX int8: static QDQ calibrated, or dynamic (transformers) (default: %(default)s)")
+    export.add_argument("--allow-out-of-budget", action="store_true",
+                        help="write the bundle even when a variant misses its accuracy budget (marked in the manifest)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    export.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default: %(default)s)")
+    export.add_argument("--name", help="model name in the manifest (default: the source's name)")
+    export.add_argument("--no-progress", action="store_true", help="no progress bars")
+    export.set_defaults(handler=_cmd_export)
+
+    repo = verbs.add_parser("repo", help="write Triton model repositories")
+    repo_verbs = repo.add_subparsers(dest="repo_verb", metavar="ACTION")
+    repo_verbs.required = True
+    add = repo_verbs.add_parser(
+        "add",
+        help="add a bundle to a model repository as REPO/NAME/{config.pbtxt,1/}",
+        description="Copy BUNDLE into REPO/NAME/<version>/ and write REPO/NAME/config.pbtxt (backend "
+        "portable_ep, inputs and outputs from the manifest's signature, dynamic batching, instances, provider "
+        "chain and precision). The backend picks the bundle's variant for the provider and precision it serves with.",
+    )
+    add.add_argument("bundle", metavar="BUNDLE")
+    add.add_argument("--repo", required=True, metavar="REPO_DIR")
+    add.add_argument("--name", required=True)
+    add.add_argument("--max-batch-size", type=int, default=8, help="default: %(default)s (0 disables batching)")
+    add.add_argument("--dynamic-batching-delay-us", type=int, default=1000, metavar="US",
+                     help="max queue delay of the dynamic batcher (default: %(default)s)")
+    add.add_argument("--instances", type=int, default=1, help="model instances (default: %(default)s)")
+    add.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU"), default="KIND_CPU",
+                     help="KIND_GPU gives each instance a device id (cuda provider) (default: %(default)s)")
+    add.add_argument("--providers", help="ordered provider chain, e.g. cuda,openvino,cpu (default: the backend's openvino,cpu)")
+    add.add_argument("--precision", help="fp32, fp16, bf16 or int8 (default: fp32)")
+    add.add_argument("--version", type=int, default=1, help="version folder (default: %(default)s)")
+    add.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    add.set_defaults(handler=_cmd_repo_add)
 
     demo = verbs.add_parser(
         "demo",

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-EXTRAS="${EXTRAS:-cpu,openvino,server,export,dev}"
+EXTRAS="${EXTRAS:-cpu,openvino,server,export,minilm,dev}"
 SYSTEM_PYTHON="${SYSTEM_PYTHON:-/usr/bin/python3.11}"
 
 need_apt=()
@@ -28,9 +28,9 @@ fi
 [ -x "$VENV/bin/python" ] || "$SYSTEM_PYTHON" -m venv "$VENV"
 
 stamp="$VENV/.portable-ep-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
   echo "bootstrap: installing portable-ep[$EXTRAS] into $VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
+  "$VENV/bin/python" -m pip install --quiet -c scripts/constraints.txt -e ".[$EXTRAS]"
   echo "$EXTRAS" > "$stamp"
 fi

@@ -1,0 +1,39 @@
+"""OpenVINO IR variants: fp32 (not fp16-compressed), fp16-compressed, and int8 by NNCF post-training quantization."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from portable_ep.exporters import telemetry
+from portable_ep.exporters.inputs import Feeds, rows, take
+
+
+def _read(onnx_path: Path):
+    import openvino as ov
+
+    telemetry.silence()
+    return ov.convert_model(str(onnx_path))
+
+
+def save_ir(onnx_path: Path, xml_path: Path, compress_to_fp16: bool) -> None:
+    import openvino as ov
+
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    # save_model compresses weights to fp16 by default; the fp32 IR must not be.
+    ov.save_model(_read(onnx_path), str(xml_path), compress_to_fp16=compress_to_fp16)
+
+
+def quantize_int8(onnx_path: Path, xml_path: Path, calibration: Feeds, *, transformer: bool, batch: int = 1) -> None:
+    """NNCF post-training int8 with the same calibration samples the ONNX int8 variant used."""
+    import openvino as ov
+
+    telemetry.silence()
+    import nncf
+    items = [take(calibration, start, start + batch) for start in range(0, rows(calibration), batch)]
+    quantized = nncf.quantize(
+        _read(onnx_path),
+        nncf.Dataset(items),
+        subset_size=rows(calibration),
+        model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+    )
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(xml_path), compress_to_fp16=False)

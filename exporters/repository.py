@@ -1,0 +1,84 @@
+"""``portable-ep repo add``: put a bundle into a Triton model repository.
+
+The bundle is copied whole into ``REPO/NAME/<version>/`` (the backend reads its
+manifest there) and ``config.pbtxt`` is built as a protobuf from the manifest's
+signature, never from a string template.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from portable_ep.backends.artifacts import MANIFEST_NAME
+from portable_ep.exporters.errors import ExportError
+from portable_ep.exporters.manifest import read_manifest
+from portable_ep.exporters.signature import Signature
+from portable_ep.exporters.triton_config import TensorDecl, build_model_config, config_to_pbtxt
+from portable_ep.python_backend.model_loader import PRECISIONS as SERVING_PRECISIONS
+
+
+
+@dataclass
+class RepoOptions:
+    max_batch_size: int = 8
+    dynamic_batching_delay_us: Optional[int] = 1000
+    instances: int = 1
+    instance_kind: str = "KIND_CPU"
+    providers: Optional[str] = None  # None: the backend's default chain
+    precision: Optional[str] = None  # None: fp32
+    version: int = 1
+    overwrite: bool = False
+
+
+def _check(options: RepoOptions, manifest: dict, bundle: Path) -> None:
+    if options.precision and options.precision not in SERVING_PRECISIONS:
+        raise ExportError(f"unknown precision {options.precision!r}; choose one of {', '.join(SERVING_PRECISIONS)}")
+    stored = {v["precision"] for v in manifest.get("variants", [])}
+    wanted = options.precision or "fp32"
+    if wanted in ("fp16", "int8") and wanted not in stored:
+        raise ExportError(
+            f"{bundle} has no {wanted} variant (it has {', '.join(sorted(stored))}); "
+            f"re-export with --precisions fp32,{wanted}"
+        )
+    if options.max_batch_size < 0 or options.instances < 1 or options.version < 1:
+        raise ExportError("max batch size must be >= 0, instances >= 1 and version >= 1")
+    if options.dynamic_batching_delay_us is not None and options.dynamic_batching_delay_us < 0:
+        raise ExportError("the dynamic batching delay must be >= 0 microseconds")
+
+
+def add_to_repository(bundle, repository, name: str, options: Optional[RepoOptions] = None) -> Path:
+    options = options or RepoOptions()
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    _check(options, manifest, bundle)
+    signature = Signature.from_dict(manifest["signature"])
+    max_batch = options.max_batch_size if signature.batched else 0
+    decls = lambda specs: [TensorDecl(s.name, s.dtype, signature.triton_dims(s)) for s in specs]  # noqa: E731
+    config = build_model_config(
+        name, decls(signature.inputs), decls(signature.outputs), max_batch_size=max_batch,
+        dynamic_batching_delay_us=options.dynamic_batching_delay_us if max_batch else None,
+        instances=options.instances, instance_kind=options.instance_kind, providers=options.providers,
+        precision=options.precision,
+    )
+    model_dir = Path(repository) / name
+    version_dir = model_dir / str(options.version)
+    if version_dir.exists() and not options.overwrite:
+        raise ExportError(f"{version_dir} already exists; pass --overwrite to replace it or --version N for a new version")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # Copy beside the destination, then swap in: a failed copy leaves the old version serving.
+    staging = Path(tempfile.mkdtemp(prefix=f".{options.version}.partial-", dir=model_dir))
+    try:
+        shutil.copytree(bundle, staging, dirs_exist_ok=True)
+        if not (staging / MANIFEST_NAME).is_file():
+            raise ExportError(f"copying {bundle} into {model_dir} lost its manifest")
+        if version_dir.exists():
+            shutil.rmtree(version_dir)
+        staging.rename(version_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    (model_dir / "config.pbtxt").write_text(config_to_pbtxt(config))
+    return model_dir

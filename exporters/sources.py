@@ -1,0 +1,81 @@
+"""What the user asked to export: a Hugging Face model folder or an ONNX file.
+
+Everything is local: a folder is read with ``local_files_only`` and nothing is
+fetched from a hub.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from portable_ep.exporters.errors import ExportError
+
+#: task -> (transformers Auto class, output names, the outputs that are class logits)
+TASKS = {
+    "text-classification": ("AutoModelForSequenceClassification", ("logits",), ("logits",)),
+    "feature-extraction": ("AutoModel", ("last_hidden_state",), ()),
+    "image-classification": ("AutoModelForImageClassification", ("logits",), ("logits",)),
+}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class Source:
+    kind: str  # "huggingface" or "onnx"
+    path: Path
+    task: Optional[str] = None
+    config: dict = field(default_factory=dict)  # config.json of a Hugging Face folder
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.path}" + (f" (task {self.task})" if self.task else "")
+
+
+def infer_task(architectures) -> Optional[str]:
+    for arch in architectures or ():
+        if arch.endswith("ForSequenceClassification"):
+            return "text-classification"
+        if arch.endswith("ForImageClassification"):
+            return "image-classification"
+        if arch.endswith("Model"):
+            return "feature-extraction"
+    return None
+
+
+def _check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ExportError(f"unknown task {task!r}; portable-ep exports {', '.join(sorted(TASKS))}")
+    return task
+
+
+def resolve_source(path, task: Optional[str] = None) -> Source:
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"source {path} does not exist; give a Hugging Face model folder or a .onnx file")
+    if path.is_file():
+        if path.suffix != ".onnx":
+            raise ExportError(f"source {path} is a file but not .onnx; give a Hugging Face model folder or a .onnx file")
+        if task is not None:
+            _check_task(task)
+        return Source("onnx", path.resolve(), task)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ExportError(f"{path} has no config.json: not a Hugging Face model folder (save one with model.save_pretrained(DIR))")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{config_path} is not valid JSON ({exc})") from None
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ExportError(
+            f"{path} has a config.json but no weights ({' or '.join(WEIGHT_FILES[:2])}); "
+            "save the model with model.save_pretrained(DIR), not just its config"
+        )
+    if task is None:
+        task = infer_task(config.get("architectures"))
+        if task is None:
+            raise ExportError(
+                f"cannot infer the task of {path} from architectures {config.get('architectures')}; "
+                f"pass --task, one of {', '.join(sorted(TASKS))}"
+            )
+    return Source("huggingface", path.resolve(), _check_task(task), config)

@@ -1,0 +1,49 @@
+"""Measure a variant against the golden outputs, run by the provider that serves it.
+
+ONNX variants run on the ``cpu`` provider (ONNX Runtime), IR variants on the
+``openvino`` provider (fp32 inference precision pinned), so the accuracy in the
+manifest is the accuracy a served request gets.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from portable_ep.backends.artifacts import ModelArtifacts, Variant
+from portable_ep.backends.base import LoadRequest
+from portable_ep.exporters.accuracy import compare_outputs
+from portable_ep.exporters.inputs import Feeds, rows, take
+
+RUNTIME_OF_FORMAT = {"onnx": "cpu", "openvino": "openvino"}
+
+
+def run_variant(root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, batch: int = 8) -> Dict[str, np.ndarray]:
+    from portable_ep.backends.registry import default_registry
+
+    provider = default_registry().get(RUNTIME_OF_FORMAT[fmt])
+    artifacts = ModelArtifacts(root=root, variants=(Variant(fmt, precision, file),))
+    session = provider.load(LoadRequest(artifacts=artifacts, precision=precision))
+    try:
+        chunks: Dict[str, list] = {}
+        for start in range(0, rows(feeds), batch):
+            for name, value in session.run(take(feeds, start, start + batch)).items():
+                chunks.setdefault(name, []).append(np.asarray(value))
+        return {name: np.concatenate(parts) for name, parts in chunks.items()}
+    finally:
+        session.close()
+
+
+def measure(
+    root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, golden: Mapping[str, np.ndarray],
+    budget: Mapping[str, float], logits_outputs: Sequence[str],
+) -> Tuple[dict, list]:
+    """(the manifest's ``accuracy`` entry, [budget violation lines])."""
+    outputs = run_variant(root, fmt, precision, file, feeds)
+    results, problems = compare_outputs(golden, outputs, budget, precision, logits_outputs)
+    entry = {
+        "runtime": f"{RUNTIME_OF_FORMAT[fmt]} provider",
+        "outputs": {name: acc.as_dict() for name, acc in results.items()},
+    }
+    return entry, problems
