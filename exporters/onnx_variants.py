@@ -61,14 +61,14 @@ def convert_fp16(source: Path, dest: Path) -> None:
 
 
 def preprocess(source: Path, dest: Path) -> None:
-    """ONNX Runtime's recommended step before quantization: shape inference and graph optimization."""
+    """ONNX Runtime's recommended step before quantization: shape inference and graph optimization.
+
+    Symbolic shape inference is skipped: where it cannot finish it dumps a file into the
+    working directory and raises, and ONNX's own shape inference is enough for QDQ.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(source), str(dest), skip_symbolic_shape=False)
-    except Exception:
-        # Symbolic shape inference does not know every op; plain ONNX shape inference is enough for QDQ.
-        quant_pre_process(str(source), str(dest), skip_symbolic_shape=True)
+    quant_pre_process(str(source), str(dest), skip_symbolic_shape=True)
 
 
 def _reader(calibration: Feeds, batch: int, on_batch: Optional[Callable[[int], None]]):
