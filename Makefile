@@ -16,6 +16,7 @@ test: venv
 
 bench: venv
 	$(VENV)/bin/python benchmarks/serving_overhead.py
+	$(VENV)/bin/python benchmarks/int8_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
