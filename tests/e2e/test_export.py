@@ -176,3 +176,15 @@ def test_export_and_repo_add_from_the_command_line(tmp_path, hf_folders, install
         served = serve_in_chunks("http", server.http_url, "cnn", inputs, chunk=4)
         _, problems = compare_outputs(golden, served, DEFAULT_BUDGETS["int8"], "int8", ("logits",))
         assert not problems, problems
+
+
+def test_dynamic_int8_for_transformers(tmp_path, hf_folders):
+    result = export_bundle(hf_folders["bert"], tmp_path / "bert-dynamic",
+                           ExportOptions(sequence_length=16, formats=("onnx",), int8_mode="dynamic", progress=False))
+    int8 = next(v for v in result.manifest["variants"] if v["precision"] == "int8")
+    assert int8["quantization"] == "dynamic" and "calibration_samples" not in int8
+    assert int8["within_budget"] and int8["accuracy"]["outputs"]["logits"]["top1"] >= 0.95
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(result.bundle / "model.int8.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
