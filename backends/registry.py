@@ -41,14 +41,19 @@ KNOWN_PROVIDERS: Dict[str, KnownProvider] = {
         "pip install 'portable-ep[cuda]' (onnxruntime-gpu, in place of onnxruntime)",
     ),
     "rocm": KnownProvider(
-        None,
-        "ONNX Runtime MIGraphX EP on an AMD GPU",
-        "not in this release of portable-ep yet; use the rocm image once it ships",
+        "portable_ep.backends.onnxruntime_migraphx:OnnxRuntimeMIGraphXProvider",
+        "ONNX Runtime MIGraphXExecutionProvider on an AMD GPU (the ROCm EP is gone from ORT >= 1.23)",
+        "pip install onnxruntime-migraphx (in place of onnxruntime), or use the rocm image",
     ),
     "npu": KnownProvider(
-        None,
-        "NPU contract stub (OpenVINO NPU device or labelled emulation)",
-        "not in this release of portable-ep yet",
+        "portable_ep.backends.npu:NpuProvider",
+        "NPU contract (static shapes, int8/fp16, op allow-list) on OpenVINO's NPU device, or labelled CPU emulation",
+        "pip install 'portable-ep[openvino]'",
+    ),
+    "ort-openvino": KnownProvider(
+        "portable_ep.backends.ort_openvino:OnnxRuntimeOpenVINOProvider",
+        "ONNX Runtime OpenVINOExecutionProvider (onnxruntime-openvino)",
+        "pip install onnxruntime-openvino (in place of onnxruntime)",
     ),
 }
 

@@ -1,6 +1,7 @@
 """Tiny ONNX models built with onnx.helper from a fixed seed: no download, no framework.
 
 - ``mlp``: a 2-layer perceptron, FP32 ``x [batch, 16]`` → ``logits [batch, 4]``;
+- ``static_mlp``: the same perceptron with a fixed batch dim (``x [1, 16]``), the shape an NPU compiles;
 - ``identity``: ``x [batch, N]`` → ``y``, the floor for measuring serving overhead;
 - ``bag_of_words``: INT64 ``input_ids`` / ``attention_mask [batch, seq]`` → ``logits [batch, 3]``,
   a text classifier with a variable sequence length and a vocabulary to overrun.
@@ -28,7 +29,7 @@ def _save(graph, path) -> Path:
     return path
 
 
-def build_mlp(path, seed: int = 0, features: int = 16, hidden: int = 32, classes: int = 4) -> Path:
+def build_mlp(path, seed: int = 0, features: int = 16, hidden: int = 32, classes: int = 4, batch="batch") -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -46,11 +47,16 @@ def build_mlp(path, seed: int = 0, features: int = 16, hidden: int = 32, classes
     graph = helper.make_graph(
         nodes,
         "tiny_mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
         [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
     )
     return _save(graph, path)
+
+
+def build_static_mlp(path, seed: int = 0, batch: int = 1) -> Path:
+    """``mlp`` with every dim fixed: NPUs compile one shape, so this is what they serve."""
+    return build_mlp(path, seed=seed, batch=batch)
 
 
 def build_identity(path, features: int = 16) -> Path:
@@ -103,4 +109,4 @@ def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, c
     return _save(graph, path)
 
 
-BUILDERS = {"mlp": build_mlp, "identity": build_identity, "bag_of_words": build_bag_of_words}
+BUILDERS = {"mlp": build_mlp, "static_mlp": build_static_mlp, "identity": build_identity, "bag_of_words": build_bag_of_words}

@@ -23,7 +23,8 @@ def doctor_report() -> dict:
             entry = {"name": name, "ok": False, "reason": str(exc), "devices": [], "capabilities": []}
         entry["summary"] = registry.describe(name)
         providers.append(entry)
-    usable = [p["name"] for p in providers if p["ok"]]
+    # An emulated device (npu without an NPU) checks a contract; it is no reason to put it first.
+    usable = [p["name"] for p in providers if p["ok"] and "emulated" not in p["devices"]]
     preference = ["cuda", "rocm", "npu", "openvino", "cpu"]
     chain = [n for n in preference if n in usable] + sorted(n for n in usable if n not in preference)
     return {

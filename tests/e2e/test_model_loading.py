@@ -60,8 +60,8 @@ def test_chain_with_nothing_available_fails_the_load_and_lists_each_reason(tmp_p
     assert "tritonserver exited" in message
     assert "no provider in the chain can serve this model" in message
     assert "cuda: package missing" in message
-    assert "rocm: provider 'rocm' is not installed" in message
-    assert "npu: provider 'npu' is not installed" in message
+    assert "rocm: package missing: this onnxruntime" in message and "MIGraphXExecutionProvider" in message
+    assert "npu: npu contract: precision 'fp32' does not run on an NPU" in message
 
 
 def test_failed_model_is_reported_while_the_others_serve(tmp_path, model_files, installed_backend_dir, reference_run):
