@@ -18,7 +18,7 @@ from portable_ep.backends.artifacts import FORMATS
 from portable_ep.exporters import onnx_variants, openvino_variants
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS
 from portable_ep.exporters.errors import ExportError
-from portable_ep.exporters.inputs import Feeds, check_inputs, generate_inputs, load_inputs
+from portable_ep.exporters.inputs import Feeds, check_inputs, generate_inputs, load_inputs, vocab_sizes_from_onnx
 from portable_ep.exporters.manifest import file_entry, now_utc, tool_versions, write_manifest
 from portable_ep.exporters.progress import Stages
 from portable_ep.exporters.signature import Signature, signature_from_onnx
@@ -80,17 +80,6 @@ class ExportResult:
     problems: List[str] = field(default_factory=list)
 
 
-def _gather_vocab_sizes(model, signature: Signature) -> Dict[str, int]:
-    """For an ONNX source: an int input that indexes an embedding table (Gather) gets that table's rows."""
-    tables = {init.name: list(init.dims) for init in model.graph.initializer}
-    int_inputs = {s.name for s in signature.inputs if s.dtype.kind in "iu"}
-    sizes: Dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in int_inputs and node.input[0] in tables:
-            sizes[node.input[1]] = int(tables[node.input[0]][0])
-    return sizes
-
-
 def _logits_outputs(source: Source, signature: Signature, hf_logits: Sequence[str]) -> Tuple[str, ...]:
     if source.kind == "huggingface":
         return tuple(hf_logits)
@@ -129,7 +118,7 @@ class _Exporter:
         self.model = model
         self.signature = signature_from_onnx(model)
         if self.source.kind == "onnx":
-            self.vocab_sizes = _gather_vocab_sizes(model, self.signature)
+            self.vocab_sizes = vocab_sizes_from_onnx(model, self.signature)
         return dest
 
     # -- inputs ----------------------------------------------------------------------------

@@ -104,6 +104,22 @@ def generate_inputs(
     return feeds
 
 
+def vocab_sizes_from_onnx(model_or_path, signature: Signature) -> Dict[str, int]:
+    """An integer input that indexes an embedding table (Gather) gets that table's row count."""
+    model = model_or_path
+    if not hasattr(model, "graph"):
+        import onnx
+
+        model = onnx.load(str(model_or_path), load_external_data=False)
+    tables = {init.name: list(init.dims) for init in model.graph.initializer}
+    int_inputs = {s.name for s in signature.inputs if s.dtype.kind in "iu"}
+    sizes: Dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in int_inputs and node.input[0] in tables:
+            sizes[node.input[1]] = int(tables[node.input[0]][0])
+    return sizes
+
+
 def check_inputs(feeds: Mapping[str, np.ndarray], signature: Signature, what: str, vocab_sizes=None) -> None:
     """Raise one ExportError line naming the first way ``feeds`` does not fit the signature."""
     vocab_sizes = vocab_sizes or {}

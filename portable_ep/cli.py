@@ -19,6 +19,8 @@ examples:
   portable-ep serve models/                          serve a model repository on 127.0.0.1:8000/8001/8002
   portable-ep backend install /opt/tritonserver/backends
                                                      add the portable_ep backend to your own Triton
+  portable-ep check --url 127.0.0.1:8001 --model my-model --bundle bundles/my-model
+                                                     accuracy + latency of a served model vs its bundle
   portable-ep doctor                                 which providers can run here, and why not
 
 A model is served by portable-ep when its config.pbtxt says backend: "portable_ep".
@@ -92,6 +94,47 @@ def _cmd_repo_add(args) -> int:
     print(f"wrote {model_dir}/config.pbtxt and {model_dir}/{options.version}/ (the bundle)")
     print(f"serve it with: portable-ep serve {args.repo}")
     return 0
+
+
+def _cmd_check(args) -> int:
+    from pathlib import Path
+
+    from portable_ep.check.verdict import UNREACHABLE, CheckError
+
+    if args.merge:
+        if args.merge[0] != "merge" or len(args.merge) < 2:
+            raise SystemExit("portable-ep check: use `portable-ep check merge REPORT.json... --out DIR`, "
+                             "or `portable-ep check --url HOST:PORT --model NAME --bundle BUNDLE`")
+        from portable_ep.check.merge import merge
+
+        try:
+            result = merge(args.merge[1:], args.out or "check-matrix")
+        except CheckError as exc:
+            print(f"portable-ep check: {exc}", file=sys.stderr)
+            return UNREACHABLE
+        print(result["markdown"], end="")
+        print(f"wrote {result['out']}/matrix.md, matrix.json, matrix.png")
+        return max((row["exit_code"] for row in result["rows"]), default=0)
+    missing = [flag for flag, value in (("--url", args.url), ("--model", args.model), ("--bundle", args.bundle)) if not value]
+    if missing:
+        raise SystemExit(f"portable-ep check: {', '.join(missing)} required (see portable-ep check --help)")
+    from portable_ep.check.report import markdown
+    from portable_ep.check.run import CheckOptions, LatencyBudget, check_exit, run_check, write_reports
+    from portable_ep.check.target import Target
+
+    target = Target(url=args.url, model=args.model, protocol=args.protocol, bundle=Path(args.bundle),
+                    metrics_url=args.metrics_url, label=args.label)
+    options = CheckOptions(concurrency=[int(c) for c in _csv(args.concurrency)], requests=args.requests,
+                           budget=LatencyBudget(p99_ms_at_1=args.p99_budget_ms, min_ratio=args.min_ratio))
+    report = run_check(target, options)
+    out = Path(args.out or Path("check-report") / args.model)
+    paths = write_reports(report, out)
+    print(markdown(report), end="")
+    print(f"wrote {', '.join(str(p) for p in paths.values() if p)}")
+    code = check_exit(report)
+    if code:
+        print(f"portable-ep check: exit {code}: {report['verdict']['reason']}", file=sys.stderr)
+    return code
 
 
 def _cmd_demo(args) -> int:
@@ -219,6 +262,36 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--version", type=int, default=1, help="version folder (default: %(default)s)")
     add.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     add.set_defaults(handler=_cmd_repo_add)
+
+    check = verbs.add_parser(
+        "check",
+        help="the parity check: accuracy vs the bundle's golden outputs, latency and throughput sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check a model served by any running Triton against its bundle: (1) accuracy: the golden "
+        "inputs served and compared with the golden outputs within the budget of the precision being served, and "
+        "a seeded random sample served and compared with the same provider run in-process; (2) latency: a "
+        "concurrency sweep with an async client (p50/p90/p99, inferences/s, concurrency achieved), beside the "
+        "in-process throughput of the same provider at the same batch sizes (served/raw). Writes report.json, "
+        "report.md and report.png. Exit codes: 0 within budget, 1 accuracy failure, 2 latency budget missed, "
+        "3 could not reach or load the model.",
+        epilog="examples:\n"
+        "  portable-ep check --url 127.0.0.1:8001 --model minilm --bundle bundles/minilm --out reports/cpu\n"
+        "  portable-ep check --url 127.0.0.1:8000 --protocol http --model minilm --bundle bundles/minilm --p99-budget-ms 20\n"
+        "  portable-ep check merge reports/*/report.json --out reports/matrix\n",
+    )
+    check.add_argument("merge", nargs="*", metavar="merge REPORT.json", help="merge reports into one matrix (matrix.md/json/png)")
+    check.add_argument("--url", help="Triton address, HOST:PORT (gRPC 8001 by default; HTTP 8000 with --protocol http)")
+    check.add_argument("--model", help="the served model's name")
+    check.add_argument("--bundle", help="the bundle the model was added from (golden inputs/outputs, budgets)")
+    check.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="default: %(default)s")
+    check.add_argument("--metrics-url", help="Triton's metrics, to learn the serving provider (default: http://HOST:8002/metrics)")
+    check.add_argument("--concurrency", default="1,4,16", help="requests in flight per level (default: %(default)s)")
+    check.add_argument("--requests", type=int, default=400, help="measured requests per level, after warm-up (default: %(default)s)")
+    check.add_argument("--p99-budget-ms", type=float, help="latency budget: p99 at concurrency 1 (default: none)")
+    check.add_argument("--min-ratio", type=float, help="latency budget: served/raw throughput at the highest concurrency")
+    check.add_argument("--label", help="the target's name in reports (default: model, provider, precision)")
+    check.add_argument("--out", help="report folder (default: check-report/MODEL; for merge: check-matrix)")
+    check.set_defaults(handler=_cmd_check)
 
     demo = verbs.add_parser(
         "demo",

@@ -6,8 +6,10 @@
 2. add it to a model repository several times, one provider chain and precision each;
 3. start the bundled tritonserver with the portable_ep backend and send the golden
    inputs over HTTP and gRPC;
-4. print what served each model and how close its sentence embeddings are to PyTorch's.
-Exits 1 when any served model misses its precision's budget.
+4. print what served each model and how close its sentence embeddings are to PyTorch's;
+5. run ``portable-ep check`` on each (accuracy, latency sweep beside the in-process
+   limit) and merge the reports into one matrix.
+Exits 1 when any served model misses its precision's budget or fails its check.
 """
 from __future__ import annotations
 
@@ -33,6 +35,16 @@ SERVED = {
     "minilm_cpu_int8": ("cpu", "int8"),
     "minilm_cpu_fp16": ("cpu", "fp16"),
 }
+# bf16 is OpenVINO running the fp32 IR with a bf16 hint: only where the CPU does bf16 natively.
+BF16 = {"minilm_openvino_bf16": ("openvino", "bf16")}
+CHECK_CONCURRENCY = (1, 4, 16)
+CHECK_REQUESTS = 200
+
+
+def served_models() -> dict:
+    from portable_ep.backends.cpu_features import detect_cpu_features
+
+    return {**SERVED, **BF16} if detect_cpu_features().native_bf16 else dict(SERVED)
 EMBEDDING = "sentence_embedding"
 
 
@@ -67,10 +79,36 @@ def build_demo_repository(workdir: Path, console) -> Path:
                            ExportOptions(name="all-MiniLM-L6-v2", overwrite=True))
     print_export_report(result, console)
     repository = workdir / "models"
-    console.print(f"[bold]2. repo add[/] {len(SERVED)} models to {repository}")
-    for name, (chain, precision) in SERVED.items():
+    models = served_models()
+    console.print(f"[bold]2. repo add[/] {len(models)} models to {repository}")
+    if len(models) == len(SERVED):
+        console.print("  (no bf16 model: this CPU has neither AMX nor AVX-512 BF16)")
+    for name, (chain, precision) in models.items():
         add_to_repository(result.bundle, repository, name, RepoOptions(providers=chain, precision=precision, overwrite=True))
     return repository
+
+
+def run_checks(server, repository: Path, out: Path, console) -> int:
+    """`portable-ep check` on every served model, then `check merge`: the matrix CI prints."""
+    from portable_ep.check.merge import merge
+    from portable_ep.check.run import CheckOptions, check_exit, run_check, write_reports
+    from portable_ep.check.target import Target
+
+    console.print(f"[bold]4. check[/] each model: golden accuracy, random sample vs in-process, "
+                  f"concurrency {','.join(map(str, CHECK_CONCURRENCY))} x {CHECK_REQUESTS} requests")
+    reports, worst = [], 0
+    for model in served_models():
+        target = Target(url=server.grpc_url, model=model, bundle=repository / model / "1", metrics_url=server.metrics_url)
+        with console.status(f"checking {model}"):
+            report = run_check(target, CheckOptions(concurrency=CHECK_CONCURRENCY, requests=CHECK_REQUESTS))
+        write_reports(report, out / model)
+        reports.append(out / model / "report.json")
+        worst = max(worst, check_exit(report))
+        console.print(f"  {model}: exit {check_exit(report)} -- {escape(report['verdict']['reason'])}")
+    result = merge(reports, out / "matrix")
+    console.print(f"[bold]5. check merge[/] -> {result['out']}/matrix.md, matrix.png")
+    console.print(result["markdown"], markup=False, highlight=False)
+    return worst
 
 
 def run_demo(output_dir: Optional[str] = None) -> int:
@@ -87,7 +125,7 @@ def run_demo(output_dir: Optional[str] = None) -> int:
         table = Table(title="served sentence embeddings vs PyTorch fp32 (16 samples, seq 128)")
         for column in ("model", "chain", "served by", "precision", "protocol", "cosine mean / worst", "max |diff|", "budget"):
             table.add_column(column)
-        for model, (chain, precision) in SERVED.items():
+        for model, (chain, precision) in served_models().items():
             version = repository / model / "1"
             inputs, golden = _load(version / "reference" / "inputs.npz"), _load(version / "reference" / "outputs.npz")
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
@@ -101,8 +139,9 @@ def run_demo(output_dir: Optional[str] = None) -> int:
                     "[green]within[/]" if not problems else "[red]" + escape("; ".join(problems)) + "[/]",
                 )
         console.print(table)
-        for model in SERVED:
+        for model in served_models():
             console.print(f"  {model}: {escape(providers[model]['description'])}")
+        all_ok &= run_checks(server, repository, workdir / "check", console) == 0
     finally:
         server.stop()
     console.print(f"[{'green' if all_ok else 'red'}]{'PASS' if all_ok else 'FAIL'}[/]: every served model "

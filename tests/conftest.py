@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +40,15 @@ def reference_run(model_files):
         return dict(zip(names, session.run(names, feeds)))
 
     return run
+
+
+@pytest.fixture(scope="session")
+def installed_backend_dir(tmp_path_factory) -> Path:
+    """`portable-ep backend install DIR`, run as a user would."""
+    target = tmp_path_factory.mktemp("backend-dir") / "backends"
+    result = subprocess.run(
+        [sys.executable, "-m", "portable_ep.cli", "backend", "install", str(target)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "portable_ep/model.py" in result.stdout
+    return target

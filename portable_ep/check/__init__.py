@@ -1,0 +1,1 @@
+"""``portable-ep check``: the identical accuracy and latency checks every target must pass."""

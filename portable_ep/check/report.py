@@ -1,0 +1,95 @@
+"""report.json (versioned), report.md (one table) and report.png for one target."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+
+def write_json(report: dict, out: Path) -> Path:
+    path = out / "report.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def accuracy_lines(report: dict) -> List[str]:
+    acc = report.get("accuracy") or {}
+    if not acc.get("checked"):
+        return [f"accuracy: not checked ({acc.get('reason', 'no report')})"]
+    lines = []
+    for part in ("golden", "random"):
+        entry = acc.get(part) or {}
+        if entry.get("checked") is False:
+            lines.append(f"accuracy ({part}): not checked ({entry.get('reason')})")
+            continue
+        for name, a in (entry.get("outputs") or {}).items():
+            top1 = "" if a.get("top1") is None else f", top-1 {a['top1']:.3f}"
+            lines.append(f"accuracy ({part}, {acc['precision']} budget) {name}: max |diff| {a['max_abs']:.3g}, "
+                         f"max rel {a['max_rel']:.3g}, cosine mean {a['cosine']:.6f} / worst {a['worst_cosine']:.6f}{top1}")
+    lines += [f"PROBLEM: {p}" for p in acc.get("problems", [])]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    target = report.get("target") or {}
+    lines = [f"# portable-ep check: {target.get('label', '?')}", "",
+             f"- model `{target.get('model')}` at {target.get('url')} ({target.get('protocol')}), served by "
+             f"**{target.get('provider') or '?'}** at **{target.get('precision')}**: {target.get('provider_description') or ''}",
+             f"- verdict: exit {report['verdict']['exit_code']} — {report['verdict']['reason']}", ""]
+    lines += [f"- {line}" for line in accuracy_lines(report)]
+    latency = report.get("latency")
+    if latency:
+        lines += ["", "| concurrency (asked / achieved) | requests | p50 ms | p90 ms | p99 ms | inferences/s | raw inf/s (batch) | served/raw |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for lv in latency["levels"]:
+            raw = "-" if lv["raw_throughput"] is None else f"{lv['raw_throughput']:.1f} (b{lv['raw_batch']})"
+            lines.append(f"| {lv['concurrency']} / {lv['achieved_concurrency']:.1f} | {lv['requests']} | {lv['p50_ms']:.2f} | "
+                         f"{lv['p90_ms']:.2f} | {lv['p99_ms']:.2f} | {lv['throughput']:.1f} | {raw} | {_fmt(lv['served_to_raw'], '.3f')} |")
+        lines += ["", f"raw: {latency['raw']}"] + [f"- PROBLEM: {p}" for p in latency["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: dict, out: Path) -> Path:
+    path = out / "report.md"
+    path.write_text(markdown(report))
+    return path
+
+
+def write_plot(report: dict, out: Path) -> Optional[Path]:
+    latency = report.get("latency")
+    if not latency:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = latency["levels"]
+    conc = [lv["concurrency"] for lv in levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
+        left.plot(conc, [lv[key] for lv in levels], marker="o", label=label)
+    left.set(xscale="log", xlabel="concurrency (requests in flight)", ylabel="latency (ms)", title="latency percentiles")
+    left.set_xticks(conc, [str(c) for c in conc])
+    left.legend()
+    left.grid(alpha=0.3)
+    right.plot(conc, [lv["throughput"] for lv in levels], marker="o", label="served")
+    if any(lv["raw_throughput"] for lv in levels):
+        right.plot(conc, [lv["raw_throughput"] or float("nan") for lv in levels], marker="s", linestyle="--",
+                   label="in-process (same provider, batch min(c, max batch))")
+    right.set(xscale="log", xlabel="concurrency (requests in flight)", ylabel="inferences / s", title="throughput")
+    right.set_xticks(conc, [str(c) for c in conc])
+    right.set_ylim(bottom=0)
+    right.legend()
+    right.grid(alpha=0.3)
+    target = report.get("target") or {}
+    fig.suptitle(f"{target.get('label')} — {report['verdict']['reason']}", fontsize=10)
+    fig.tight_layout()
+    path = out / "report.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

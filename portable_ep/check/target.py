@@ -1,0 +1,97 @@
+"""What is being checked: a model on a running Triton, what serves it, and its bundle."""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from portable_ep.check.verdict import CheckError
+
+
+@dataclass
+class Target:
+    url: str
+    model: str
+    protocol: str = "grpc"
+    bundle: Optional[Path] = None
+    metrics_url: Optional[str] = None
+    label: Optional[str] = None
+    # Filled in by resolve():
+    max_batch_size: int = 0
+    precision: str = "fp32"
+    providers: Optional[str] = None
+    provider: Optional[str] = None  # what /metrics says serves it
+    provider_description: str = ""
+    manifest: Optional[dict] = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.label or f"{self.model} ({self.provider or '?'}, {self.precision})"
+
+    def as_dict(self) -> dict:
+        return {
+            "label": self.name, "url": self.url, "protocol": self.protocol, "model": self.model,
+            "bundle": str(self.bundle) if self.bundle else None, "max_batch_size": self.max_batch_size,
+            "precision": self.precision, "providers": self.providers, "provider": self.provider,
+            "provider_description": self.provider_description,
+        }
+
+
+def _client(target: Target):
+    from portable_ep.client import make_client
+
+    return make_client(target.protocol, target.url)
+
+
+def _default_metrics_url(url: str) -> str:
+    host = urlparse(url if "://" in url else f"//{url}").hostname or "127.0.0.1"
+    return f"http://{host}:8002/metrics"
+
+
+def _parameters(config: dict) -> dict:
+    return {key: value.get("string_value", "") for key, value in (config.get("parameters") or {}).items()}
+
+
+def resolve(target: Target) -> Target:
+    """Ask the server about the model; CheckError (exit 3) when it cannot answer."""
+    try:
+        client = _client(target)
+        if not client.is_server_live():
+            raise CheckError(f"Triton at {target.url} ({target.protocol}) is not live")
+        if not client.is_model_ready(target.model):
+            raise CheckError(f"model {target.model!r} is not ready on {target.url}; see the server log for why it failed to load")
+        config = client.get_model_config(target.model)
+        if target.protocol == "grpc":
+            from google.protobuf.json_format import MessageToDict
+
+            config = MessageToDict(config.config, preserving_proto_field_name=True)
+        client.close()
+    except CheckError:
+        raise
+    except Exception as exc:
+        raise CheckError(f"cannot reach Triton at {target.url} over {target.protocol}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    target.max_batch_size = int(config.get("max_batch_size", 0))
+    params = _parameters(config)
+    target.precision = (params.get("precision") or "fp32").lower()
+    target.providers = params.get("providers")
+    metrics_url = target.metrics_url or _default_metrics_url(target.url)
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            from portable_ep.metrics_text import served_providers
+
+            info = served_providers(response.read().decode()).get(target.model)
+        if info:
+            target.provider, target.provider_description = info["provider"], info["description"]
+            target.precision = info.get("precision") or target.precision
+    except (urllib.error.URLError, OSError):
+        pass  # metrics are optional: the report then says the provider is unknown
+    if target.bundle is not None:
+        manifest_path = Path(target.bundle) / "manifest.json"
+        if not manifest_path.is_file():
+            raise CheckError(f"--bundle {target.bundle} has no manifest.json (make one with `portable-ep export`)")
+        target.manifest = json.loads(manifest_path.read_text())
+    return target
