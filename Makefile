@@ -17,6 +17,7 @@ test: venv
 bench: venv
 	$(VENV)/bin/python benchmarks/serving_overhead.py
 	$(VENV)/bin/python benchmarks/int8_throughput.py
+	$(VENV)/bin/python benchmarks/loadgen_floor.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

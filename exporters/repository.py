@@ -31,6 +31,7 @@ class RepoOptions:
     precision: Optional[str] = None  # None: fp32
     version: int = 1
     overwrite: bool = False
+    parameters: Optional[dict] = None  # extra config.pbtxt parameters, e.g. {"npu.static_shapes": "x:1x16"}
 
 
 def _check(options: RepoOptions, manifest: dict, bundle: Path) -> None:
@@ -61,7 +62,7 @@ def add_to_repository(bundle, repository, name: str, options: Optional[RepoOptio
         name, decls(signature.inputs), decls(signature.outputs), max_batch_size=max_batch,
         dynamic_batching_delay_us=options.dynamic_batching_delay_us if max_batch else None,
         instances=options.instances, instance_kind=options.instance_kind, providers=options.providers,
-        precision=options.precision,
+        precision=options.precision, parameters=options.parameters,
     )
     model_dir = Path(repository) / name
     version_dir = model_dir / str(options.version)

@@ -82,6 +82,13 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _key_value(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"portable-ep repo add: --parameter {text!r}: use KEY=VALUE, e.g. openvino.num_streams=2")
+    return key.strip(), value.strip()
+
+
 def _cmd_repo_add(args) -> int:
     from portable_ep.exporters.repository import RepoOptions, add_to_repository
 
@@ -89,6 +96,7 @@ def _cmd_repo_add(args) -> int:
         max_batch_size=args.max_batch_size, dynamic_batching_delay_us=args.dynamic_batching_delay_us,
         instances=args.instances, instance_kind=args.instance_kind, providers=args.providers,
         precision=args.precision, version=args.version, overwrite=args.overwrite,
+        parameters=dict(_key_value(item) for item in args.parameter),
     )
     model_dir = add_to_repository(args.bundle, args.repo, args.name, options)
     print(f"wrote {model_dir}/config.pbtxt and {model_dir}/{options.version}/ (the bundle)")
@@ -259,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="KIND_GPU gives each instance a device id (cuda provider) (default: %(default)s)")
     add.add_argument("--providers", help="ordered provider chain, e.g. cuda,openvino,cpu (default: the backend's openvino,cpu)")
     add.add_argument("--precision", help="fp32, fp16, bf16 or int8 (default: fp32)")
+    add.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra config.pbtxt parameter, repeatable: provider options such as openvino.num_streams=2 "
+                     "or npu.static_shapes=input_ids:1x128,attention_mask:1x128")
     add.add_argument("--version", type=int, default=1, help="version folder (default: %(default)s)")
     add.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     add.set_defaults(handler=_cmd_repo_add)

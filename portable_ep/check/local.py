@@ -22,6 +22,8 @@ def local_session(target: Target) -> Tuple[Optional[object], str]:
         availability = provider.probe()
         if not availability.ok:
             return None, f"provider {target.provider} is not usable here: {availability.reason}"
-        return provider.load(LoadRequest(artifacts=find_model_artifacts(target.bundle), precision=target.precision)), ""
+        request = LoadRequest(artifacts=find_model_artifacts(target.bundle), precision=target.precision,
+                              options=target.provider_options())
+        return provider.load(request), ""
     except Exception as exc:  # a provider's own reason, one line
         return None, f"provider {target.provider} cannot load the bundle here: {str(exc).splitlines()[0]}"

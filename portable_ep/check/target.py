@@ -26,11 +26,17 @@ class Target:
     providers: Optional[str] = None
     provider: Optional[str] = None  # what /metrics says serves it
     provider_description: str = ""
+    parameters: dict = field(default_factory=dict)  # the model config's parameters
     manifest: Optional[dict] = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.label or f"{self.model} ({self.provider or '?'}, {self.precision})"
+
+    def provider_options(self) -> dict:
+        """``<provider>.<key>`` parameters for the serving provider, prefix stripped, as the backend passes them."""
+        prefix = f"{self.provider}."
+        return {k[len(prefix):]: v for k, v in self.parameters.items() if k.startswith(prefix)}
 
     def as_dict(self) -> dict:
         return {
@@ -76,6 +82,7 @@ def resolve(target: Target) -> Target:
         raise CheckError(f"cannot reach Triton at {target.url} over {target.protocol}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     target.max_batch_size = int(config.get("max_batch_size", 0))
     params = _parameters(config)
+    target.parameters = params
     target.precision = (params.get("precision") or "fp32").lower()
     target.providers = params.get("providers")
     metrics_url = target.metrics_url or _default_metrics_url(target.url)

@@ -19,12 +19,17 @@ from typing import List, Optional
 import pytest
 
 ENV = "PORTABLE_EP_PARITY_TARGETS"
-LOCAL_MODELS = {  # name: (provider chain, precision)
-    "parity_cpu_fp32": ("cpu", "fp32"),
-    "parity_openvino_fp32": ("openvino", "fp32"),
-    "parity_cpu_int8": ("cpu", "int8"),
-    "parity_openvino_int8": ("openvino", "int8"),
-    "parity_openvino_bf16": ("openvino", "bf16"),
+SEQUENCE = 16
+# name: (provider chain, precision, extra repo options)
+LOCAL_MODELS = {
+    "parity_cpu_fp32": ("cpu", "fp32", {}),
+    "parity_openvino_fp32": ("openvino", "fp32", {}),
+    "parity_cpu_int8": ("cpu", "int8", {}),
+    "parity_openvino_int8": ("openvino", "int8", {}),
+    "parity_openvino_bf16": ("openvino", "bf16", {}),
+    # An NPU compiles one static shape: batch 1, the sequence fixed, so Triton never stacks requests.
+    "parity_npu_int8": ("npu", "int8", {"max_batch_size": 1, "parameters": {
+        "npu.static_shapes": f"input_ids:1x{SEQUENCE},attention_mask:1x{SEQUENCE}"}}),
 }
 
 
@@ -81,9 +86,9 @@ def local_parity_server(tmp_path_factory, installed_backend_dir):
 
     root = tmp_path_factory.mktemp("parity")
     folder = build_tiny_bert_classifier(root / "tiny-bert", seed=0)
-    bundle = export_bundle(folder, root / "bundle", ExportOptions(sequence_length=16, progress=False)).bundle
-    for name, (chain, precision) in _local_models().items():
-        add_to_repository(bundle, root / "repo", name, RepoOptions(providers=chain, precision=precision))
+    bundle = export_bundle(folder, root / "bundle", ExportOptions(sequence_length=SEQUENCE, progress=False)).bundle
+    for name, (chain, precision, extra) in _local_models().items():
+        add_to_repository(bundle, root / "repo", name, RepoOptions(providers=chain, precision=precision, **extra))
     with TritonServer(root / "repo", backend_directory=installed_backend_dir) as server:
         yield server
 
@@ -94,7 +99,7 @@ def parity_target(request) -> ParityTarget:
     if given:
         return given[request.param]
     server = request.getfixturevalue("local_parity_server")
-    chain, precision = _local_models()[request.param]
+    chain, precision, _ = _local_models()[request.param]
     return ParityTarget(server.grpc_url, request.param, server.model_repository / request.param / "1",
                         chain.split(",")[0], precision, server.metrics_url)
 
