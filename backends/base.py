@@ -75,6 +75,16 @@ class Session(abc.ABC):
 
 class Provider(abc.ABC):
     name: str = ""
+    #: Formats of the variants this provider runs, in the order it prefers them.
+    variant_formats: Tuple[str, ...] = ("onnx", "openvino")
+
+    def auto_precision_order(self, options: Mapping[str, str]) -> Tuple[str, ...]:
+        """Stored precisions, fastest first on this provider, for ``precision: auto``.
+
+        ``auto`` serves the first one whose bundle variant the exporter measured within
+        budget. A provider that says nothing gets fp32 only: never a guess at speed.
+        """
+        return ("fp32",)
 
     @abc.abstractmethod
     def probe(self) -> Availability:

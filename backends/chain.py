@@ -6,6 +6,7 @@ nothing usable fails with the full list.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, List, Mapping, Optional, Sequence
 
@@ -13,6 +14,9 @@ from portable_ep.backends.base import LoadRequest, ProviderUnavailable, Session
 from portable_ep.backends.registry import ProviderRegistry, default_registry
 
 DEFAULT_CHAIN = ("openvino", "cpu")
+# An image (or an operator) sets the chain for models whose config.pbtxt names none,
+# so the same model repository serves unchanged on every hardware target.
+DEFAULT_CHAIN_ENV = "PORTABLE_EP_PROVIDERS"
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,16 @@ class NoProviderAvailable(RuntimeError):
         super().__init__(f"no provider in the chain can serve this model -- {lines}")
 
 
+def default_provider_chain() -> List[str]:
+    """$PORTABLE_EP_PROVIDERS when set, else ``openvino,cpu``."""
+    text = os.environ.get(DEFAULT_CHAIN_ENV, "")
+    return parse_provider_chain(text) if text.strip() else list(DEFAULT_CHAIN)
+
+
 def parse_provider_chain(text: Optional[str]) -> List[str]:
     """``"cuda, openvino ,cpu"`` → ``["cuda", "openvino", "cpu"]``; empty means the default chain."""
     if text is None or not text.strip():
-        return list(DEFAULT_CHAIN)
+        return default_provider_chain()
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

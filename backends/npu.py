@@ -68,7 +68,7 @@ def _import_openvino():
     try:
         import openvino
     except ImportError:
-        raise ProviderUnavailable(f"openvino is not installed; {INSTALL_HINT}") from None
+        raise ProviderUnavailable(f"package missing: openvino is not installed; {INSTALL_HINT}") from None
     return openvino
 
 
@@ -200,6 +200,11 @@ class NpuProvider(Provider):
         if "CPU" not in devices:
             return Availability.unavailable(f"no device: OpenVINO lists neither NPU nor CPU (devices: {', '.join(devices) or 'none'})")
         return Availability.available(devices=("emulated",), capabilities=(*PRECISIONS, "emulated on CPU: no NPU device"))
+
+    variant_formats = FORMATS
+
+    def auto_precision_order(self, options):
+        return ("int8", "fp16")  # an NPU's native int8 first; fp32 is not in its contract
 
     def load(self, request: LoadRequest) -> Session:
         unknown = sorted(set(request.options) - set(OPTION_KEYS))

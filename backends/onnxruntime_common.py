@@ -13,7 +13,7 @@ def import_onnxruntime(provider: str, install_hint: str):
     try:
         import onnxruntime
     except ImportError:
-        raise ProviderUnavailable(f"onnxruntime is not installed; {install_hint}") from None
+        raise ProviderUnavailable(f"package missing: onnxruntime is not installed; {install_hint}") from None
     return onnxruntime
 
 

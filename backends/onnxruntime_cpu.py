@@ -29,6 +29,13 @@ class OnnxRuntimeCpuProvider(Provider):
             return Availability.unavailable(f"onnxruntime {ort.__version__} lists no CPUExecutionProvider")
         return Availability.available(devices=("cpu",), capabilities=PRECISIONS)
 
+    variant_formats = ("onnx",)
+
+    def auto_precision_order(self, options):
+        # int8 QDQ is 1.36x fp32 on MiniLM (benchmarks/int8_throughput.py); fp16 on a CPU
+        # runs through casts and fp32 kernels, slower than fp32, so it comes last.
+        return ("int8", "fp32", "fp16")
+
     def load(self, request: LoadRequest) -> Session:
         check_supported_precision(self.name, request.precision, PRECISIONS)
         variant = select_variant(self.name, request, ("onnx",), request.precision)

@@ -83,6 +83,11 @@ class OnnxRuntimeMIGraphXProvider(Provider):
             )
         return Availability.available(devices=devices, capabilities=PRECISIONS)
 
+    variant_formats = ("onnx",)
+
+    def auto_precision_order(self, options):
+        return ("fp16", "fp32")  # MIGraphX here serves fp32/fp16 graphs; fp16 uses the matrix cores
+
     def load(self, request: LoadRequest) -> Session:
         check_supported_precision(self.name, request.precision, PRECISIONS)
         variant = select_variant(self.name, request, ("onnx",), request.precision)

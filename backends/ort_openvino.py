@@ -42,6 +42,11 @@ class OnnxRuntimeOpenVINOProvider(Provider):
         # Which OpenVINO device the EP uses is an option (device_type), known only at load.
         return Availability.available(devices=(f"openvino:{DEFAULT_DEVICE_TYPE} (default)",), capabilities=PRECISIONS)
 
+    variant_formats = ("onnx",)
+
+    def auto_precision_order(self, options):
+        return ("int8", "fp32", "fp16")  # same reasons as the openvino provider
+
     def load(self, request: LoadRequest) -> Session:
         check_supported_precision(self.name, request.precision, PRECISIONS)
         variant = select_variant(self.name, request, ("onnx",), request.precision)

@@ -1,11 +1,12 @@
 """Run the cuda provider for real on a GPU machine and compare it with the cpu provider.
 
-    python benchmarks/cuda_provider_check.py [--bert] [--served] [--out DIR]
+    python benchmarks/cuda_provider_check.py [--bert] [--served] [--tensorrt] [--out DIR]
 
 In-process: the chain "cuda,cpu" must pick cuda (not fall back), outputs are compared
 with the cpu provider on the same inputs, and p50 latency is measured at batch 1 and 8.
 With --served, the same models are served by a real tritonserver (instance_group
-KIND_GPU, providers "cuda,cpu") and queried over gRPC. Prints a table and writes
+KIND_GPU, providers "cuda,cpu") and queried over gRPC. With --tensorrt the cuda provider
+runs the TensorRT EP (parameter cuda.tensorrt=1, engine cache under the output folder). Prints a table and writes
 cuda_check.json. On a machine without a GPU it prints why cuda is unavailable.
 """
 from __future__ import annotations
@@ -45,12 +46,12 @@ def _p50_ms(run, feeds, repeats: int = 50) -> float:
     return statistics.median(times)
 
 
-def in_process(models: dict) -> list:
+def in_process(models: dict, cuda_options: dict) -> list:
     registry = default_registry()
     rows = []
     for name, path in models.items():
         artifacts = find_model_artifacts(path.parent)
-        resolution = resolve_provider_chain(["cuda", "cpu"], lambda p: LoadRequest(artifacts), registry)
+        resolution = resolve_provider_chain(["cuda", "cpu"], lambda p: LoadRequest(artifacts, options=cuda_options if p == "cuda" else {}), registry)
         for skipped in resolution.skipped:
             print(f"[{name}] skipped {skipped.name}: {skipped.reason}")
         cpu = registry.get("cpu").load(LoadRequest(artifacts))
@@ -69,7 +70,7 @@ def in_process(models: dict) -> list:
     return rows
 
 
-def served(models: dict, workdir: Path) -> list:
+def served(models: dict, workdir: Path, cuda_options: dict) -> list:
     from portable_ep.client import infer_once, make_client
     from portable_ep.exporters.onnx_signature import onnx_signature
     from portable_ep.exporters.triton_config import build_model_config, write_model
@@ -79,7 +80,8 @@ def served(models: dict, workdir: Path) -> list:
     repository = workdir / "repository"
     for name, path in models.items():
         inputs, outputs = onnx_signature(path)
-        config = build_model_config(name, inputs, outputs, max_batch_size=8, instance_kind="KIND_GPU", providers="cuda,cpu")
+        config = build_model_config(name, inputs, outputs, max_batch_size=8, instance_kind="KIND_GPU", providers="cuda,cpu",
+                                    parameters={f"cuda.{k}": v for k, v in cuda_options.items()})
         write_model(repository, config, {"model.onnx": path})
     rows = []
     registry = default_registry()
@@ -110,8 +112,10 @@ def main() -> int:
     parser.add_argument("--bert", action="store_true", help="also build and check a 4-layer BERT (needs torch + transformers)")
     parser.add_argument("--bert-onnx", type=Path, help="check this already exported BERT instead of building one")
     parser.add_argument("--served", action="store_true", help="also serve through a real tritonserver")
+    parser.add_argument("--tensorrt", action="store_true", help="run the cuda provider with its TensorRT EP option")
     parser.add_argument("--out", type=Path, default=Path("bench-output"))
     args = parser.parse_args()
+    cuda_options = {"tensorrt": "1", "trt_engine_cache_path": str((args.out / "trt-engines").resolve())} if args.tensorrt else {}
 
     availability = default_registry().get("cuda").probe()
     print(f"cuda probe: ok={availability.ok} devices={list(availability.devices)} {availability.reason}")
@@ -128,11 +132,11 @@ def main() -> int:
 
         models["bert"] = build_bert_classifier(workdir / "bert" / "model.onnx")
     report = {"probe": {"ok": availability.ok, "devices": list(availability.devices), "reason": availability.reason}}
-    report["in_process"] = in_process(models)
+    report["in_process"] = in_process(models, cuda_options)
     for row in report["in_process"]:
         print(json.dumps(row))
     if args.served:
-        report["served"] = served(models, workdir)
+        report["served"] = served(models, workdir, cuda_options)
         for row in report["served"]:
             print(json.dumps(row))
     args.out.mkdir(parents=True, exist_ok=True)

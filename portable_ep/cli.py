@@ -265,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--instances", type=int, default=1, help="model instances (default: %(default)s)")
     add.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU"), default="KIND_CPU",
                      help="KIND_GPU gives each instance a device id (cuda provider) (default: %(default)s)")
-    add.add_argument("--providers", help="ordered provider chain, e.g. cuda,openvino,cpu (default: the backend's openvino,cpu)")
-    add.add_argument("--precision", help="fp32, fp16, bf16 or int8 (default: fp32)")
+    add.add_argument("--providers", help="ordered provider chain, e.g. cuda,openvino,cpu (default: $PORTABLE_EP_PROVIDERS of the "
+                     "server's environment, else openvino,cpu)")
+    add.add_argument("--precision", help="fp32, fp16, bf16, int8, or auto: the fastest variant the export measured "
+                     "within budget on the provider that serves (default: fp32)")
     add.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE",
                      help="extra config.pbtxt parameter, repeatable: provider options such as openvino.num_streams=2 "
                      "or npu.static_shapes=input_ids:1x128,attention_mask:1x128")

@@ -16,12 +16,14 @@ from portable_ep.backends import (
     parse_provider_chain,
     resolve_provider_chain,
 )
+from portable_ep.backends.auto_precision import AUTO, choose_auto_precision
 from portable_ep.backends.base import Session
+from portable_ep.backends.registry import default_registry
 from portable_ep.backends.chain import split_provider_options
 from portable_ep.backends.dtypes import short_type_name
 from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", AUTO)
 
 
 def signature_mismatches(config: ServingConfig, session: Session) -> List[str]:
@@ -59,8 +61,11 @@ def signature_mismatches(config: ServingConfig, session: Session) -> List[str]:
 @dataclass
 class LoadedModel:
     resolution: ChainResolution
+    #: The precision served (for ``auto``, the one chosen).
     precision: str
     chain: List[str]
+    #: For ``precision: auto``, the line saying what was chosen and why.
+    auto_reason: str = ""
 
 
 def load_model(
@@ -75,13 +80,20 @@ def load_model(
         raise ModelConfigError(f"parameter precision={precision!r}; use one of {', '.join(PRECISIONS)}")
     artifacts = find_model_artifacts(version_dir)
     options = split_provider_options(config.parameters)
+    registry = registry or default_registry()
+    auto_reasons = {}
 
     def make_request(name: str) -> LoadRequest:
-        return LoadRequest(artifacts=artifacts, precision=precision, options=options.get(name, {}), device_id=device_id)
+        chosen = precision
+        if precision == AUTO:  # decided per provider: each has its own fastest precision
+            choice = choose_auto_precision(registry.get(name), artifacts, options.get(name, {}))
+            chosen, auto_reasons[name] = choice.precision, choice.reason
+        return LoadRequest(artifacts=artifacts, precision=chosen, options=options.get(name, {}), device_id=device_id)
 
     resolution = resolve_provider_chain(chain, make_request, registry)
     problems = signature_mismatches(config, resolution.session)
     if problems:
         resolution.session.close()
         raise ModelConfigError(f"config.pbtxt of model {config.name!r} does not match {artifacts.describe()}: " + "; ".join(problems))
-    return LoadedModel(resolution=resolution, precision=precision, chain=chain)
+    served = resolution.session.precision if precision == AUTO else precision
+    return LoadedModel(resolution=resolution, precision=served, chain=chain, auto_reason=auto_reasons.get(resolution.provider, ""))

@@ -42,6 +42,8 @@ class TritonModel:
         where = f"{LOG_PREFIX}: model {config.name!r} instance {args.get('model_instance_name', '')}"
         for skipped in resolution.skipped:
             log.log_warn(f"{where}: skipped provider {skipped.name!r}: {skipped.reason}")
+        if loaded.auto_reason:
+            log.log_info(f"{where}: {loaded.auto_reason}")
         log.log_info(f"{where}: serving on provider {resolution.provider!r}: {resolution.session.description}")
         self.config = config
         self.session = resolution.session

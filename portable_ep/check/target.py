@@ -96,6 +96,11 @@ def resolve(target: Target) -> Target:
             target.precision = info.get("precision") or target.precision
     except (urllib.error.URLError, OSError):
         pass  # metrics are optional: the report then says the provider is unknown
+    if target.precision == "auto":
+        raise CheckError(
+            f"model {target.model!r} is served with precision auto and {metrics_url} did not say which precision "
+            "it chose; pass --metrics-url so the check can judge it by that precision's budget"
+        )
     if target.bundle is not None:
         manifest_path = Path(target.bundle) / "manifest.json"
         if not manifest_path.is_file():

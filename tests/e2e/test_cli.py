@@ -1,6 +1,7 @@
 """The command line as a user runs it: backend install, serve (with Ctrl-C / SIGTERM), doctor."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -89,8 +90,28 @@ def test_doctor_json_describes_this_machine():
     # Stock onnxruntime here: rocm is installed but its MIGraphX build is not; npu runs emulated.
     assert not providers["rocm"]["ok"] and providers["rocm"]["reason"].startswith("package missing")
     assert providers["npu"]["ok"] and providers["npu"]["devices"] == ["emulated"]
+    assert providers["npu"]["emulated"] and "npu" not in report["recommended_chain"].split(",")
+    assert providers["cuda"]["reason_kind"] == "package" and "onnxruntime-gpu" in providers["cuda"]["reason"]
     with open("/proc/cpuinfo") as f:
-        flags = next(line for line in f if line.startswith("flags")).split()
-    assert report["cpu"]["amx_bf16"] == ("amx_bf16" in flags)
-    assert report["cpu"]["avx512_bf16"] == ("avx512_bf16" in flags)
+        lines = f.read().splitlines()
+    flags = next(line for line in lines if line.startswith("flags")).split()
+    vendor = next(line for line in lines if line.startswith("vendor_id")).split(":", 1)[1].strip()
+    cpu = report["cpu"]
+    assert cpu["vendor"] == vendor
+    assert cpu["amx"] == ("amx_bf16" in flags or "amx_int8" in flags)
+    assert cpu["amx_bf16"] == ("amx_bf16" in flags) and cpu["avx512_bf16"] == ("avx512_bf16" in flags)
+    assert cpu["avx512_vnni"] == ("avx512_vnni" in flags)
+    assert cpu["bf16_via"] == ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "")
+    # bf16 on openvino is offered exactly when the CPU does BF16 natively.
+    assert ("bf16" in providers["openvino"]["capabilities"]) == cpu["native_bf16"]
+    # The GPUs listed are the display-class NVIDIA/AMD functions on the PCI bus (none on CI).
+    on_bus = []
+    for device in sorted(glob.glob("/sys/bus/pci/devices/*")):
+        vendor, klass = (open(os.path.join(device, f)).read().strip() for f in ("vendor", "class"))
+        if vendor in ("0x10de", "0x1002") and klass.startswith("0x03"):
+            on_bus.append(os.path.basename(device))
+    assert sorted(a["location"] for a in report["accelerators"] if a["kind"] != "npu") == on_bus
     assert report["recommended_chain"].endswith("openvino,cpu")
+
+    table = subprocess.run(CLI + ["doctor"], capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert f"AMX: {'yes' if cpu['amx'] else 'no'}" in table and "recommended chain:" in table

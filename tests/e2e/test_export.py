@@ -69,6 +69,15 @@ def export_server(tmp_path_factory, bundles, installed_backend_dir):
     for bundle, provider, precision in combos:
         add_to_repository(bundles[bundle], repository, served_name(bundle, provider, precision),
                           RepoOptions(providers=provider, precision=precision, max_batch_size=8))
+    # precision auto: the chain's first provider picks its fastest variant within budget ...
+    add_to_repository(bundles["bert"], repository, "bert_auto", RepoOptions(providers="openvino,cpu", precision="auto"))
+    # ... and passes over one the manifest records as out of budget.
+    version = add_to_repository(bundles["bert"], repository, "bert_auto_int8_out", RepoOptions(providers="cpu", precision="auto")) / "1"
+    manifest = json.loads((version / "manifest.json").read_text())
+    for variant in manifest["variants"]:
+        if variant["precision"] == "int8":
+            variant["within_budget"] = False
+    (version / "manifest.json").write_text(json.dumps(manifest))
     with TritonServer(repository, backend_directory=installed_backend_dir) as running:
         yield running
 
@@ -120,6 +129,20 @@ def test_served_variant_matches_golden_outputs_within_budget(export_server, bund
     assert results["logits"].cosine == pytest.approx(recorded["accuracy"]["outputs"]["logits"]["cosine"], abs=1e-4)
     info = served_providers(export_server.metrics_text())[model]
     assert (info["provider"], info["precision"]) == (provider, precision)
+
+
+@pytest.mark.parametrize("model, provider, precision", [("bert_auto", "openvino", "int8"), ("bert_auto_int8_out", "cpu", "fp32")])
+def test_precision_auto_serves_the_fastest_variant_within_budget(export_server, model, provider, precision):
+    info = served_providers(export_server.metrics_text())[model]
+    assert (info["provider"], info["precision"]) == (provider, precision)
+    version = export_server.model_repository / model / "1"
+    served = serve_in_chunks("grpc", export_server.grpc_url, model, load_npz(version / "reference" / "inputs.npz"))
+    _, problems = compare_outputs(load_npz(version / "reference" / "outputs.npz"), served, DEFAULT_BUDGETS[precision], precision, ("logits",))
+    assert not problems, problems
+    logged = [line for line in export_server.log_text().splitlines() if f"model '{model}'" in line and "precision auto" in line]
+    assert logged and f"precision auto -> {precision} on {provider}" in logged[0]
+    if precision == "fp32":
+        assert "passed over int8: out of budget" in logged[0]
 
 
 def test_minilm_exports_end_to_end_with_embeddings_close_to_fp32(bundles):

@@ -90,7 +90,16 @@ def test_nothing_usable_lists_every_provider_and_reason():
     assert [s.name for s in error.value.skipped] == ["gpu", "rocm", "mystery"]
 
 
-def test_parse_provider_chain():
+def test_default_chain_from_environment(monkeypatch):
+    monkeypatch.setenv("PORTABLE_EP_PROVIDERS", "npu, cpu")
+    assert parse_provider_chain(None) == ["npu", "cpu"]
+    assert parse_provider_chain("openvino") == ["openvino"]  # config.pbtxt's own chain wins
+    monkeypatch.setenv("PORTABLE_EP_PROVIDERS", " ")
+    assert parse_provider_chain("") == ["openvino", "cpu"]
+
+
+def test_parse_provider_chain(monkeypatch):
+    monkeypatch.delenv("PORTABLE_EP_PROVIDERS", raising=False)
     assert parse_provider_chain(" CUDA, openvino ,cpu ") == ["cuda", "openvino", "cpu"]
     assert parse_provider_chain("") == ["openvino", "cpu"]
     assert parse_provider_chain(None) == ["openvino", "cpu"]

@@ -84,3 +84,44 @@ def test_silent_fallback_to_cpu_is_treated_as_unavailable(monkeypatch, version_d
     FakeInferenceSession.active = ["CPUExecutionProvider"]
     with pytest.raises(ProviderUnavailable, match="driver: onnxruntime could not start CUDA and fell back to CPU"):
         OnnxRuntimeCudaProvider().load(LoadRequest(find_model_artifacts(version_dir)))
+
+
+TRT_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_tensorrt_asked_of_a_build_without_it_is_a_missing_package(monkeypatch, version_dir):
+    use(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"], ["NVIDIA H100"])
+    with pytest.raises(ProviderUnavailable, match=r"package missing: cuda.tensorrt is set .* no TensorrtExecutionProvider; pip install 'portable-ep\[tensorrt\]'"):
+        OnnxRuntimeCudaProvider().load(LoadRequest(find_model_artifacts(version_dir), options={"tensorrt": "1"}))
+
+
+def test_tensorrt_goes_first_with_an_engine_cache_on_the_instance_device(monkeypatch, version_dir, tmp_path):
+    use(monkeypatch, TRT_BUILD, ["NVIDIA H100"])
+    FakeInferenceSession.active = TRT_BUILD
+    cache = tmp_path / "engines"
+    session = OnnxRuntimeCudaProvider().load(LoadRequest(
+        find_model_artifacts(version_dir), device_id=1, options={"tensorrt": "true", "trt_engine_cache_path": str(cache)},
+    ))
+    (trt_name, trt), (cuda_name, _), cpu = FakeInferenceSession.created_with
+    assert (trt_name, cuda_name, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert trt["device_id"] == "1" and trt["trt_engine_cache_enable"] == "1" and trt["trt_engine_cache_path"] == str(cache)
+    assert (trt["trt_fp16_enable"], trt["trt_int8_enable"]) == ("0", "0")  # fp32 means fp32 kernels
+    assert cache.is_dir() and session.description.startswith("ONNX Runtime 9.9.9-fake TensorrtExecutionProvider on cuda:1")
+
+
+@pytest.mark.parametrize("precision, fp16, int8", [("fp32", "0", "0"), ("fp16", "1", "0"), ("int8", "1", "1")])
+def test_tensorrt_precision_flags(precision, fp16, int8, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    trt = onnxruntime_cuda.tensorrt_options({"trt_max_workspace_size": "1073741824"}, precision, 0)
+    assert (trt["trt_fp16_enable"], trt["trt_int8_enable"]) == (fp16, int8)
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "portable-ep" / "tensorrt")
+    assert trt["trt_max_workspace_size"] == "1073741824"
+
+
+def test_tensorrt_that_falls_back_to_cuda_is_unavailable(monkeypatch, version_dir, tmp_path):
+    use(monkeypatch, TRT_BUILD, ["NVIDIA H100"])
+    FakeInferenceSession.active = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # libnvinfer missing at run time
+    with pytest.raises(ProviderUnavailable, match=r"driver: onnxruntime could not start TensorRT and fell back to CUDAExecutionProvider .*libnvinfer"):
+        OnnxRuntimeCudaProvider().load(LoadRequest(
+            find_model_artifacts(version_dir), options={"tensorrt": "1", "trt_engine_cache_path": str(tmp_path)},
+        ))
