@@ -63,11 +63,18 @@ def _given(config) -> List[ParityTarget]:
     return [ParityTarget.parse(t) for t in texts]
 
 
-def _local_models() -> dict:
+def _not_here(precision: str) -> str:
+    """Why a local target cannot run on this machine ("" when it can)."""
     from portable_ep.backends.cpu_features import detect_cpu_features
 
-    native_bf16 = detect_cpu_features().native_bf16
-    return {name: spec for name, spec in LOCAL_MODELS.items() if spec[1] != "bf16" or native_bf16}
+    cpu = detect_cpu_features()
+    if precision == "bf16" and not cpu.native_bf16:
+        return f"openvino bf16 needs native BF16 (AMX or AVX-512 BF16) and this CPU ({cpu.model_name}) has neither"
+    return ""
+
+
+def _local_models() -> dict:
+    return dict(LOCAL_MODELS)
 
 
 def pytest_generate_tests(metafunc):
@@ -88,6 +95,8 @@ def local_parity_server(tmp_path_factory, installed_backend_dir):
     folder = build_tiny_bert_classifier(root / "tiny-bert", seed=0)
     bundle = export_bundle(folder, root / "bundle", ExportOptions(sequence_length=SEQUENCE, progress=False)).bundle
     for name, (chain, precision, extra) in _local_models().items():
+        if _not_here(precision):
+            continue
         add_to_repository(bundle, root / "repo", name, RepoOptions(providers=chain, precision=precision, **extra))
     with TritonServer(root / "repo", backend_directory=installed_backend_dir) as server:
         yield server
@@ -98,8 +107,10 @@ def parity_target(request) -> ParityTarget:
     given = {t.model: t for t in _given(request.config)}
     if given:
         return given[request.param]
-    server = request.getfixturevalue("local_parity_server")
     chain, precision, _ = _local_models()[request.param]
+    if _not_here(precision):
+        pytest.skip(_not_here(precision))
+    server = request.getfixturevalue("local_parity_server")
     return ParityTarget(server.grpc_url, request.param, server.model_repository / request.param / "1",
                         chain.split(",")[0], precision, server.metrics_url)
 
