@@ -11,7 +11,9 @@ Options (config.pbtxt parameters ``npu.<key>``):
 
 - ``static_shapes``: ``input_ids:1x128,attention_mask:1x128`` fixes dynamic inputs
   with OpenVINO ``Model.reshape`` before the contract is checked;
-- ``cache_dir``: OpenVINO ``CACHE_DIR`` for compiled blobs (NPU compiles are slow);
+- ``cache_dir``: OpenVINO ``CACHE_DIR`` for compiled blobs (NPU compiles are slow), by
+  default ``$XDG_CACHE_HOME/portable-ep/npu``; ``off`` turns it off. The session
+  description says when a load came from the cache;
 - ``require_device``: ``true`` refuses the emulation path when no NPU exists.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from portable_ep.backends.base import (
     TensorInfo,
     select_variant,
 )
+from portable_ep.backends.cache_dirs import cache_dir_option
 
 INSTALL_HINT = "pip install 'portable-ep[openvino]'"
 PRECISIONS = ("int8", "fp16")
@@ -235,8 +238,9 @@ class NpuProvider(Provider):
         check_npu_contract(model)
 
         config: Dict[str, str] = {}
-        if request.options.get("cache_dir"):
-            config["CACHE_DIR"] = request.options["cache_dir"]
+        cache = cache_dir_option(request.options, "cache_dir", "npu")
+        if cache is not None:
+            config["CACHE_DIR"] = str(cache)
         version = ov.get_version().split("-")[0]
         if real_npu:
             compiled = core.compile_model(model, "NPU", config)
@@ -248,7 +252,16 @@ class NpuProvider(Provider):
             compiled = core.compile_model(model, "CPU", config)
             device, where = EMULATED_DEVICE, f"npu (emulated on CPU: {_full_name(core, 'CPU')}; no NPU device)"
         description = f"OpenVINO {version} on {where}, {request.precision}, {variant.path.name}"
+        if cache is not None and _loaded_from_cache(compiled):
+            description += f", compiled blob from cache {cache}"
         return NpuSession(compiled, request.precision, device, description)
+
+
+def _loaded_from_cache(compiled) -> bool:
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except Exception:  # noqa: BLE001 - an older plugin without the property: say nothing
+        return False
 
 
 def _full_name(core, device: str) -> str:

@@ -25,6 +25,7 @@ from portable_ep.backends.base import (
     check_supported_precision,
     select_variant,
 )
+from portable_ep.backends.cache_dirs import cache_dir_option
 from portable_ep.backends.onnxruntime_common import OnnxRuntimeSession, import_onnxruntime, session_options
 
 CUDA_OPTION_KEYS = ("gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search", "preload_dlls", "use_tf32")
@@ -40,12 +41,6 @@ TRUE = ("1", "true", "yes", "on")
 
 def tensorrt_requested(options: Mapping[str, str]) -> bool:
     return str(options.get("tensorrt", "")).strip().lower() in TRUE
-
-
-def default_engine_cache() -> Path:
-    """Engines take minutes to build; keep them across restarts (XDG cache, per user)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "portable-ep" / "tensorrt"
 
 
 def preload_tensorrt_libraries() -> None:
@@ -79,10 +74,10 @@ def tensorrt_options(options: Mapping[str, str], precision: str, device_id: int)
         "device_id": str(device_id),
         "trt_fp16_enable": "1" if precision in ("fp16", "int8") else "0",
         "trt_int8_enable": "1" if precision == "int8" else "0",
-        "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": options.get("trt_engine_cache_path") or str(default_engine_cache()),
-        "trt_timing_cache_enable": "1",
     }
+    cache = cache_dir_option(options, "trt_engine_cache_path", "tensorrt")
+    if cache is not None:
+        trt.update(trt_engine_cache_enable="1", trt_engine_cache_path=str(cache), trt_timing_cache_enable="1")
     for key in ("trt_max_workspace_size", "trt_builder_optimization_level"):
         if options.get(key):
             trt[key] = options[key]
@@ -160,7 +155,8 @@ class OnnxRuntimeCudaProvider(Provider):
         if use_tensorrt:
             preload_tensorrt_libraries()
             trt = tensorrt_options(request.options, request.precision, request.device_id)
-            Path(trt["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+            if "trt_engine_cache_path" in trt:
+                Path(trt["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
             providers.insert(0, ("TensorrtExecutionProvider", trt))
             expected = "TensorrtExecutionProvider"
         session = OnnxRuntimeSession(

@@ -15,6 +15,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from portable_ep.models.tiny import build_bag_of_words, build_identity, build_mlp  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_home(tmp_path_factory):
+    """Compile caches (npu blobs, TensorRT engines) go to a per-run folder, not the user's ~/.cache.
+
+    Set in os.environ so the tritonserver processes the tests start inherit it too.
+    """
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    return Path(os.environ["XDG_CACHE_HOME"])
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("onnx-models")

@@ -118,6 +118,11 @@ def test_tensorrt_precision_flags(precision, fp16, int8, monkeypatch, tmp_path):
     assert trt["trt_max_workspace_size"] == "1073741824"
 
 
+def test_tensorrt_engine_cache_can_be_turned_off():
+    trt = onnxruntime_cuda.tensorrt_options({"trt_engine_cache_path": "off"}, "fp16", 0)
+    assert "trt_engine_cache_enable" not in trt and "trt_engine_cache_path" not in trt
+
+
 def test_tensorrt_that_falls_back_to_cuda_is_unavailable(monkeypatch, version_dir, tmp_path):
     use(monkeypatch, TRT_BUILD, ["NVIDIA H100"])
     FakeInferenceSession.active = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # libnvinfer missing at run time

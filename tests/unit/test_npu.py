@@ -182,3 +182,21 @@ def test_a_real_npu_is_used_and_named(monkeypatch, static_bundle, tmp_path):
     assert _PretendNpuCore.compiled_on == ("NPU", {"CACHE_DIR": str(tmp_path)})  # no CPU precision hint on an NPU
     assert session.device == "npu" and "NPU (Intel(R) AI Boost)" in session.description
     assert "emulated" not in session.description
+
+
+def test_compiled_blobs_are_cached_and_a_reload_says_so(static_bundle, tmp_path):
+    cache = tmp_path / "npu-cache"
+    first = _load(static_bundle, cache_dir=str(cache))
+    assert list(cache.glob("*.blob")) and "from cache" not in first.description
+    second = _load(static_bundle, cache_dir=str(cache))
+    assert second.description.endswith(f"compiled blob from cache {cache}")
+    np.testing.assert_array_equal(first.run(mlp_input(1, seed=4))["logits"], second.run(mlp_input(1, seed=4))["logits"])
+
+
+def test_the_cache_defaults_to_the_user_cache_and_can_be_turned_off(static_bundle, private_cache_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _load(static_bundle)
+    assert list((tmp_path / "portable-ep" / "npu").glob("*.blob"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "elsewhere"))
+    assert "from cache" not in _load(static_bundle, cache_dir="off").description
+    assert not (tmp_path / "elsewhere").exists()
