@@ -61,6 +61,8 @@ class Session(abc.ABC):
     provider: str = ""
     #: One line for logs: runtime, version, device and precision actually used.
     description: str = ""
+    #: Where it runs, for /metrics: "cpu", "cuda:0", "npu-emulated", ...
+    device: str = ""
     precision: str = "fp32"
     inputs: Sequence[TensorInfo] = ()
     outputs: Sequence[TensorInfo] = ()

@@ -69,6 +69,7 @@ class OnnxRuntimeSession(Session):
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         self.provider = provider_name
         self.precision = precision
+        self.device = device
         self.inputs = _tensor_infos(self._session.get_inputs())
         self.outputs = _tensor_infos(self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]

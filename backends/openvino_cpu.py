@@ -61,6 +61,7 @@ class OpenVINOSession(Session):
         self._request = self._compiled.create_infer_request()
         self.provider = "openvino"
         self.precision = precision
+        self.device = "cpu"
         self.inputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in self._compiled.inputs]
         self.outputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in self._compiled.outputs]
         self._output_ports = [(info.name, port) for info, port in zip(self.outputs, self._compiled.outputs)]

@@ -128,7 +128,7 @@ def test_served_variant_matches_golden_outputs_within_budget(export_server, bund
     recorded = next(v for v in manifest["variants"] if v["format"] == fmt and v["precision"] == precision)
     assert results["logits"].cosine == pytest.approx(recorded["accuracy"]["outputs"]["logits"]["cosine"], abs=1e-4)
     info = served_providers(export_server.metrics_text())[model]
-    assert (info["provider"], info["precision"]) == (provider, precision)
+    assert (info["provider"], info["precision"], info["device"]) == (provider, precision, "cpu")
 
 
 @pytest.mark.parametrize("model, provider, precision", [("bert_auto", "openvino", "int8"), ("bert_auto_int8_out", "cpu", "fp32")])
