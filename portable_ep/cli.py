@@ -22,6 +22,8 @@ examples:
   portable-ep check --url 127.0.0.1:8001 --model my-model --bundle bundles/my-model
                                                      accuracy + latency of a served model vs its bundle
   portable-ep doctor                                 which providers can run here, and why not
+  portable-ep images matrix --targets cpu,openvino,npu
+                                                     build each target's image, check it, merge the matrix
 
 A model is served by portable-ep when its config.pbtxt says backend: "portable_ep".
 Its parameters choose the provider chain and precision, e.g.
@@ -58,6 +60,7 @@ def _cmd_serve(args) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         tritonserver=args.tritonserver,
+        backend_directory=args.backend_directory,
         quiet=args.quiet,
     )
 
@@ -203,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=8001, help="default: %(default)s")
     serve.add_argument("--metrics-port", type=int, default=8002, help="default: %(default)s")
     serve.add_argument("--tritonserver", metavar="PATH", help="tritonserver binary to run")
+    serve.add_argument("--backend-directory", metavar="DIR", help="a backend directory laid out by `portable-ep backend "
+                       "install` (default: a fresh one per run)")
     serve.add_argument("--quiet", action="store_true", help="do not echo the server log")
     serve.set_defaults(handler=_cmd_serve)
 
@@ -317,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output", metavar="DIR", help="where to write the model and repository (default: a temp dir)")
     demo.set_defaults(handler=_cmd_demo)
+
+    from portable_ep.images.commands import add_images_parser
+
+    add_images_parser(verbs)
 
     doctor = verbs.add_parser("doctor", help="probe this machine: CPU features, providers usable and why not")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")

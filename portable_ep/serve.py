@@ -35,6 +35,7 @@ def serve(
     grpc_port: Optional[int] = 8001,
     metrics_port: Optional[int] = 8002,
     tritonserver: Optional[str] = None,
+    backend_directory: Optional[str] = None,
     quiet: bool = False,
     ready_timeout: float = 300.0,
 ) -> int:
@@ -46,6 +47,7 @@ def serve(
         grpc_port=grpc_port,
         metrics_port=metrics_port,
         tritonserver=tritonserver,
+        backend_directory=backend_directory,
         echo=None if quiet else sys.stderr,
     )
     stop = threading.Event()
