@@ -106,6 +106,14 @@ def check_supported_precision(provider: str, precision: str, supported: Sequence
         )
 
 
+TRUE_VALUES = ("1", "true", "yes", "on")
+
+
+def option_is_true(options: Mapping[str, str], key: str) -> bool:
+    """A yes/no provider option: 1/true/yes/on (any case) mean yes, anything else no."""
+    return str(options.get(key, "")).strip().lower() in TRUE_VALUES
+
+
 def option_as_int(options: Mapping[str, str], key: str, provider: str) -> Optional[int]:
     value = options.get(key)
     if value is None or value == "":

@@ -69,23 +69,22 @@ def probe_accelerators(
 ) -> List[Accelerator]:
     """Every GPU and NPU seen. ``gpu_names(kind)`` adds names from vendor tools (nvidia-smi, rocm-smi)."""
     found: List[Accelerator] = []
-    npu_addresses = set()
     for address, vendor, klass, driver in pci_devices(sys_root):
         if vendor in (NVIDIA, AMD_GPU) and klass.startswith(DISPLAY_CLASSES):
             kind = "nvidia-gpu" if vendor == NVIDIA else "amd-gpu"
             found.append(Accelerator(kind, f"{'NVIDIA' if vendor == NVIDIA else 'AMD'} GPU", address, driver))
         elif klass.startswith(ACCELERATOR_CLASS) and (driver in NPU_DRIVERS or vendor in (INTEL, "0x1022")):
             found.append(Accelerator("npu", f"NPU ({vendor})", address, driver))
-            npu_addresses.add(address)
     if not any(a.kind == "npu" for a in found):
         found.extend(accel_nodes(sys_root, dev_root))
     # Inside a container the PCI tree may be hidden while the GPU is passed in: trust the
     # vendor tool's names then, and name PCI-found GPUs with them when both agree in number.
     for kind in ("nvidia-gpu", "amd-gpu"):
         names = list(gpu_names(kind))
-        on_bus = [a for a in found if a.kind == kind]
-        if names and len(names) == len(on_bus):
-            found = [Accelerator(a.kind, names[on_bus.index(a)], a.location, a.driver) if a in on_bus else a for a in found]
+        on_bus = sum(a.kind == kind for a in found)
+        if names and len(names) == on_bus:
+            named = iter(names)
+            found = [Accelerator(a.kind, next(named), a.location, a.driver) if a.kind == kind else a for a in found]
         elif names and not on_bus:
             found.extend(Accelerator(kind, name, "passed in (no PCI view)", "present") for name in names)
     return found

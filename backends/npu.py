@@ -30,6 +30,7 @@ from portable_ep.backends.base import (
     ProviderUnavailable,
     Session,
     TensorInfo,
+    option_is_true,
     select_variant,
 )
 from portable_ep.backends.cache_dirs import cache_dir_option
@@ -63,8 +64,6 @@ NPU_SUPPORTED_OPS = frozenset({
     "Reshape", "Transpose", "Concat", "Gather", "Squeeze", "Unsqueeze", "ShapeOf", "Broadcast",
     "Slice", "StridedSlice", "Split", "VariadicSplit", "Pad", "Tile", "Range",
 })
-
-_TRUE = ("1", "true", "yes", "on")
 
 
 def _import_openvino():
@@ -220,12 +219,12 @@ class NpuProvider(Provider):
                 f"npu contract: precision {request.precision!r} does not run on an NPU (it runs int8, fp16); "
                 "export int8/fp16 with `portable-ep export --precisions fp32,int8` and set parameter precision int8"
             )
-        variant = select_variant(self.name, request, FORMATS, request.precision)
+        variant = select_variant(self.name, request, self.variant_formats, request.precision)
         ov = _import_openvino()
         core = ov.Core()
         devices = visible_devices(core)
         real_npu = "NPU" in devices
-        if not real_npu and request.options.get("require_device", "").lower() in _TRUE:
+        if not real_npu and option_is_true(request.options, "require_device"):
             raise ProviderUnavailable(
                 f"no device: OpenVINO sees no NPU (devices: {', '.join(devices) or 'none'}); "
                 "install the NPU driver or drop npu.require_device"

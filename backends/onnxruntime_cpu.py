@@ -38,7 +38,7 @@ class OnnxRuntimeCpuProvider(Provider):
 
     def load(self, request: LoadRequest) -> Session:
         check_supported_precision(self.name, request.precision, PRECISIONS)
-        variant = select_variant(self.name, request, ("onnx",), request.precision)
+        variant = select_variant(self.name, request, self.variant_formats, request.precision)
         ort = import_onnxruntime(self.name, INSTALL_HINT)
         return OnnxRuntimeSession(
             ort,

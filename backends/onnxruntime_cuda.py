@@ -23,6 +23,7 @@ from portable_ep.backends.base import (
     ProviderUnavailable,
     Session,
     check_supported_precision,
+    option_is_true,
     select_variant,
 )
 from portable_ep.backends.cache_dirs import cache_dir_option
@@ -36,11 +37,8 @@ TENSORRT_HINT = (
     "pip install 'portable-ep[tensorrt]' (the TensorRT libraries onnxruntime-gpu's TensorRT EP loads), "
     "or unset cuda.tensorrt to serve on the CUDA EP"
 )
-TRUE = ("1", "true", "yes", "on")
-
-
 def tensorrt_requested(options: Mapping[str, str]) -> bool:
-    return str(options.get("tensorrt", "")).strip().lower() in TRUE
+    return option_is_true(options, "tensorrt")
 
 
 def preload_tensorrt_libraries() -> None:
@@ -129,7 +127,7 @@ class OnnxRuntimeCudaProvider(Provider):
 
     def load(self, request: LoadRequest) -> Session:
         check_supported_precision(self.name, request.precision, PRECISIONS)
-        variant = select_variant(self.name, request, ("onnx",), request.precision)
+        variant = select_variant(self.name, request, self.variant_formats, request.precision)
         ort = import_onnxruntime(self.name, INSTALL_HINT)
         use_tensorrt = tensorrt_requested(request.options)
         if use_tensorrt and "TensorrtExecutionProvider" not in ort.get_available_providers():

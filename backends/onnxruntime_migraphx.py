@@ -90,7 +90,7 @@ class OnnxRuntimeMIGraphXProvider(Provider):
 
     def load(self, request: LoadRequest) -> Session:
         check_supported_precision(self.name, request.precision, PRECISIONS)
-        variant = select_variant(self.name, request, ("onnx",), request.precision)
+        variant = select_variant(self.name, request, self.variant_formats, request.precision)
         ort = import_onnxruntime(self.name, INSTALL_HINT)
         migraphx_options = {"device_id": str(request.device_id)}
         for key in MIGRAPHX_OPTION_KEYS:

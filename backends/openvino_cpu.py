@@ -114,7 +114,7 @@ class OpenVINOCpuProvider(Provider):
                     f"bf16 needs native BF16 (AMX or AVX-512 BF16) and this CPU ({cpu.model_name}) has neither; use precision fp32"
                 )
         stored, hint = PRECISION_PLAN[request.precision]
-        model_path = select_variant(self.name, request, FORMATS, stored).path
+        model_path = select_variant(self.name, request, self.variant_formats, stored).path
         config = {"INFERENCE_PRECISION_HINT": hint}
         unknown = sorted(set(request.options) - set(OPTION_PROPERTIES))
         if unknown:

@@ -49,7 +49,7 @@ class OnnxRuntimeOpenVINOProvider(Provider):
 
     def load(self, request: LoadRequest) -> Session:
         check_supported_precision(self.name, request.precision, PRECISIONS)
-        variant = select_variant(self.name, request, ("onnx",), request.precision)
+        variant = select_variant(self.name, request, self.variant_formats, request.precision)
         ort = import_onnxruntime(self.name, INSTALL_HINT)
         device_type = request.options.get("device_type") or DEFAULT_DEVICE_TYPE
         ep_options = {"device_type": device_type}
