@@ -26,6 +26,7 @@ class Target:
     providers: Optional[str] = None
     provider: Optional[str] = None  # what /metrics says serves it
     provider_description: str = ""
+    device: str = ""  # where /metrics says it runs: "cpu", "cuda:0", "npu-emulated", ...
     parameters: dict = field(default_factory=dict)  # the model config's parameters
     manifest: Optional[dict] = field(default=None, repr=False)
 
@@ -43,7 +44,7 @@ class Target:
             "label": self.name, "url": self.url, "protocol": self.protocol, "model": self.model,
             "bundle": str(self.bundle) if self.bundle else None, "max_batch_size": self.max_batch_size,
             "precision": self.precision, "providers": self.providers, "provider": self.provider,
-            "provider_description": self.provider_description,
+            "provider_description": self.provider_description, "device": self.device,
         }
 
 
@@ -93,6 +94,7 @@ def resolve(target: Target) -> Target:
             info = served_providers(response.read().decode()).get(target.model)
         if info:
             target.provider, target.provider_description = info["provider"], info["description"]
+            target.device = info.get("device", "")
             target.precision = info.get("precision") or target.precision
     except (urllib.error.URLError, OSError):
         pass  # metrics are optional: the report then says the provider is unknown

@@ -114,20 +114,10 @@ def check_models(target: Target, repository: Path, ports: dict, out: Path, concu
                                    metrics_url=f"http://127.0.0.1:{ports['metrics']}/metrics", label=label)
         report = run_check(check_target, options)
         paths = write_reports(report, out / model)
-        served = _served(ports, model)
+        served = report.get("target") or {}  # what /metrics said serves it, read once by the check
         result = ModelCheck(model, int(report["verdict"]["exit_code"]), report["verdict"]["reason"],
-                            served.get("provider") or check_target.provider, served.get("device", ""), paths["json"], label)
+                            served.get("provider"), served.get("device", ""), paths["json"], label)
         where = f"{result.provider}" + (f" on {result.device}" if result.device else "")
         log(f"check {label}: exit {result.exit_code}, served by {where} -- {result.reason}")
         results.append(result)
     return results
-
-
-def _served(ports: dict, model: str) -> dict:
-    from portable_ep.metrics_text import served_providers
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5) as response:
-            return served_providers(response.read().decode()).get(model, {})
-    except (urllib.error.URLError, OSError):
-        return {}

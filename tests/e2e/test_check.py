@@ -60,7 +60,7 @@ def test_good_model_passes_and_writes_reports(check_server, tmp_path):
     result = run_check(server, "good", bundle, tmp_path / "good")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "good" / "report.json").read_text())
-    assert report["schema_version"] == 1 and report["target"]["provider"] == "cpu"
+    assert report["schema_version"] == 1 and (report["target"]["provider"], report["target"]["device"]) == ("cpu", "cpu")
     assert report["accuracy"]["golden"]["passed"] and report["accuracy"]["random"]["passed"]
     levels = report["latency"]["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 4]
