@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
+from portable_ep.images.targets import LOCAL_BASE_PREFIX
+
 BASE_PACKAGES = ("python3", "python3-venv", "python3-distutils", "libpython3.11", "ca-certificates")
 # Nothing an image needs at run time: package caches, indexes, manuals and translations.
 PRUNE = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/man", "usr/share/locale", "usr/share/doc", "debootstrap")
@@ -75,7 +77,7 @@ def ensure_base_image(client, image: str, cache_dir: Path, log: Callable[[str], 
     """Make sure ``image`` is in the engine; returns how it got there. BaseUnavailable says why not."""
     if image_exists(client, image):
         return "present"
-    if image.startswith("portable-ep/base:"):
+    if image.startswith(LOCAL_BASE_PREFIX):
         suite = image.split(":", 1)[1]
         tarball = cache_dir / f"base-{suite}.tar"
         how = f"imported from the cached {tarball}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -80,15 +81,14 @@ def decide(target: Target, hardware: Hardware, checks: List[ModelCheck]) -> Tupl
     return PASS, f"every model served by {target.provider} on {checks[0].device or hardware.detail}; check within budget"
 
 
+@contextmanager
 def _timed(result: TargetResult, stage: str):
-    class Timer:
-        def __enter__(self):
-            self.start = time.monotonic()
-
-        def __exit__(self, *exc):
-            result.seconds[stage] = round(time.monotonic() - self.start, 1)
-
-    return Timer()
+    """Record the stage's wall time in ``result.seconds``, also when it fails."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        result.seconds[stage] = round(time.monotonic() - start, 1)
 
 
 def build_one(client, target: Target, options: MatrixOptions, project_dir: Path, log: Callable[[str], None]) -> TargetResult:

@@ -12,6 +12,8 @@ else:  # pragma: no cover - the project's venv is 3.11
     import tomli as tomllib
 
 KNOWN_TARGETS = ("cpu", "openvino", "npu", "cuda", "rocm")
+# Bases under this name are made on this machine with debootstrap (images/base.py), not pulled.
+LOCAL_BASE_PREFIX = "portable-ep/base:"
 REQUIRED = ("dockerfile", "base_image", "python", "glibc", "extras", "providers", "provider", "models")
 
 
@@ -39,7 +41,7 @@ class Target:
     @property
     def local_base(self) -> bool:
         """The base is made on this machine with debootstrap, not pulled."""
-        return self.base_image.startswith("portable-ep/base:")
+        return self.base_image.startswith(LOCAL_BASE_PREFIX)
 
     def image_tag(self, version: str) -> str:
         return f"portable-ep/{self.name}:{version}"

@@ -9,6 +9,7 @@ rerun (or a machine with no index at all, given a copied wheelhouse) builds offl
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -63,7 +64,7 @@ def _pip(args: List[str], log: Callable[[str], None]) -> None:
         raise WheelhouseError(f"pip {args[0]} failed (exit {result.returncode}):\n{tail}")
 
 
-def build_project_wheel(project_dir: Path, dist: Path, log: Callable[[str], None]) -> Path:
+def build_project_wheel(project_dir: Path, dist: Path) -> Path:
     dist.mkdir(parents=True, exist_ok=True)
     for old in dist.glob("portable_ep-*.whl"):
         old.unlink()
@@ -74,6 +75,12 @@ def build_project_wheel(project_dir: Path, dist: Path, log: Callable[[str], None
     if result.returncode != 0 or not wheels:
         raise WheelhouseError(f"building the portable-ep wheel failed:\n{result.stdout[-2000:]}")
     return wheels[0]
+
+
+@functools.lru_cache(maxsize=None)
+def project_wheel_once(project_dir: Path, dist: Path) -> Path:
+    """The checkout's wheel, built once per run and copied into every target's context."""
+    return build_project_wheel(project_dir, dist)
 
 
 def _requires(wheel: Path) -> str:
@@ -87,7 +94,11 @@ def build_wheelhouse(target: Target, root: Path, project_dir: Path, constraints:
     """The target's build context (``root/<target>``), filled; ``download=False`` only reuses."""
     context = root / target.name
     deps, dist = context / "deps", context / "dist"
-    wheel = build_project_wheel(project_dir, dist, log)
+    built = project_wheel_once(project_dir.resolve(), (root / "_project").resolve())
+    dist.mkdir(parents=True, exist_ok=True)
+    for old in dist.glob("portable_ep-*.whl"):
+        old.unlink()
+    wheel = Path(shutil.copy2(built, dist / built.name))
     _, version = wheel_name_version(wheel)
     extras = f"[{','.join(target.extras)}]" if target.extras else ""
     (dist / "requirements.txt").write_text(f"portable-ep{extras}=={version}\n")
