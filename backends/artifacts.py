@@ -89,6 +89,11 @@ class ModelFilesNotFound(FileNotFoundError):
     pass
 
 
+def is_servable(entry: dict) -> bool:
+    """A manifest variant with a file to load: not ``status: failed``, not dropped for its budget."""
+    return entry.get("status", "ok") != "failed" and bool(entry.get("file"))
+
+
 def _variants_from_manifest(root: Path, manifest: dict) -> Tuple[Variant, ...]:
     version = manifest.get("schema_version")
     if version != MANIFEST_SCHEMA_VERSION:
@@ -98,6 +103,8 @@ def _variants_from_manifest(root: Path, manifest: dict) -> Tuple[Variant, ...]:
         )
     variants = []
     for index, entry in enumerate(manifest.get("variants") or []):
+        if isinstance(entry, dict) and not is_servable(entry):
+            continue  # recorded by export as failed or dropped out of budget: nothing to load
         try:
             fmt, precision, file = entry["format"], entry["precision"], entry["file"]
         except (KeyError, TypeError):
@@ -109,7 +116,7 @@ def _variants_from_manifest(root: Path, manifest: dict) -> Tuple[Variant, ...]:
             raise ModelFilesNotFound(f"{path} has no {path.with_suffix('.bin').name} beside it; copy the whole bundle")
         variants.append(Variant(fmt, precision, path, entry.get("within_budget"), entry.get("accuracy") or {}))
     if not variants:
-        raise ModelFilesNotFound(f"{root / MANIFEST_NAME} lists no variants")
+        raise ModelFilesNotFound(f"{root / MANIFEST_NAME} lists no variant that export could build; re-export the model")
     return tuple(variants)
 
 

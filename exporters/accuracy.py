@@ -10,9 +10,10 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-#: Defaults written into each manifest; a bundle may carry its own. int8 has no absolute
-#: limit: its error scales with the output's range (hidden states reach |x| ~ 10), so
-#: cosine and top-1 agreement judge it.
+#: Defaults written into each manifest; a bundle may carry its own. ``max_abs`` scales with
+#: the output: the limit is ``max_abs * max(1, max |reference|)``, so a detector's pixel
+#: coordinates (up to ~640) get the same relative tolerance as a probability in [0, 1]
+#: (docs/bundle.md). int8 has no absolute limit at all: cosine and top-1 agreement judge it.
 #: ``min_cosine`` bounds the mean over samples, ``min_worst_cosine`` the worst sample.
 DEFAULT_BUDGETS: Dict[str, Dict[str, Optional[float]]] = {
     "fp32": {"max_abs": 1e-4, "min_cosine": 0.99999, "min_worst_cosine": 0.9999, "min_top1": 1.0},
@@ -29,6 +30,7 @@ class OutputAccuracy:
     cosine: float  # mean over samples of the cosine similarity of each sample's flattened output
     worst_cosine: float  # the worst sample's
     top1: Optional[float]  # agreement of argmax over the last axis; logits outputs only
+    scale: float = 1.0  # max(1, max |reference|): what max_abs budgets are multiplied by
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,16 +62,25 @@ def compare_output(golden: np.ndarray, actual: np.ndarray, is_logits: bool = Fal
     top1 = None
     if is_logits and golden.ndim >= 1 and golden.shape[-1] > 1:
         top1 = float(np.mean(np.argmax(golden, axis=-1) == np.argmax(actual, axis=-1)))
-    return OutputAccuracy(max_abs, max_rel, cosine, worst, top1)
+    return OutputAccuracy(max_abs, max_rel, cosine, worst, top1, max(1.0, scale))
+
+
+def abs_limit(budget: Mapping[str, Optional[float]], accuracy: OutputAccuracy) -> Optional[float]:
+    """The max |diff| allowed for this output: the budget's ``max_abs`` times the output's scale."""
+    if budget.get("max_abs") is None:
+        return None
+    return float(budget["max_abs"]) * max(1.0, accuracy.scale)
 
 
 def budget_violations(name: str, accuracy: OutputAccuracy, budget: Mapping[str, float], precision: str) -> list:
     """One line per limit missed, saying which output, by how much, and which budget."""
     problems = []
-    if budget.get("max_abs") is not None and accuracy.max_abs > budget["max_abs"]:
+    limit = abs_limit(budget, accuracy)
+    if limit is not None and accuracy.max_abs > limit:
+        scaled = f" x max(1, max |reference| = {accuracy.scale:.3g})" if accuracy.scale > 1 else ""
         problems.append(
             f"output {name!r}: max abs error {accuracy.max_abs:.3g} exceeds the {precision} budget "
-            f"{budget['max_abs']:.3g} by {accuracy.max_abs - budget['max_abs']:.3g}"
+            f"{budget['max_abs']:.3g}{scaled} by {accuracy.max_abs - limit:.3g}"
         )
     if accuracy.cosine < budget["min_cosine"]:
         problems.append(

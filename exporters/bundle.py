@@ -1,8 +1,13 @@
 """``portable-ep export``: one source in, one self-checking bundle out.
 
 Everything is written into a temporary folder beside OUT_DIR and moved into place
-only when every variant was built and measured, so a failed export leaves nothing
-half-written behind.
+only when the export succeeded, so a failed export leaves nothing half-written behind.
+
+A variant that a tool cannot build (a quantizer crash, an op OpenVINO lacks) or that
+misses its accuracy budget costs that variant only: it is recorded in the manifest
+with the reason (``status: failed`` / ``out_of_budget``) and the others are written.
+The export fails when a variant the user asked for by name did not make it, or when
+none did.
 """
 from __future__ import annotations
 
@@ -17,12 +22,13 @@ import numpy as np
 from portable_ep.backends.artifacts import FORMATS
 from portable_ep.exporters import onnx_variants, openvino_variants
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS
-from portable_ep.exporters.errors import ExportError
-from portable_ep.exporters.inputs import Feeds, check_inputs, generate_inputs, load_inputs, vocab_sizes_from_onnx
+from portable_ep.exporters.errors import ExportError, one_line as first_line
+from portable_ep.exporters.inputs import check_inputs, generate_inputs, load_inputs, vocab_sizes_from_onnx
+from portable_ep.exporters.samples import Feeds, rows, take, to_unbatched
 from portable_ep.exporters.manifest import file_entry, now_utc, tool_versions, write_manifest
 from portable_ep.exporters.progress import Stages
 from portable_ep.exporters.signature import Signature, signature_from_onnx
-from portable_ep.exporters.sources import TASKS, Source, resolve_source
+from portable_ep.exporters.sources import Source, resolve_source
 from portable_ep.exporters.verify import measure, run_variant
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -42,8 +48,13 @@ class ExportOptions:
     task: Optional[str] = None
     precisions: Sequence[str] = PRECISIONS
     formats: Sequence[str] = FORMATS
+    #: Variants the user named (--precisions / --formats given): export fails when one of them
+    #: cannot be built or misses its budget. Variants asked for by default are dropped instead.
+    required: bool = False
     opset: int = onnx_variants.DEFAULT_OPSET
     calibration: Optional[str] = None  # a .npz of inputs; generated when None
+    golden: Optional[str] = None  # a .npz of the user's golden inputs; generated when None
+    input_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # --input-shape NAME=AxBxC
     calibration_samples: int = 32
     reference_samples: int = 16
     sequence_length: int = 128
@@ -77,7 +88,7 @@ class ExportOptions:
 class ExportResult:
     bundle: Path
     manifest: dict
-    problems: List[str] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)  # one line per variant dropped, failed or out of budget
 
 
 def _logits_outputs(source: Source, signature: Signature, hf_logits: Sequence[str]) -> Tuple[str, ...]:
@@ -96,6 +107,11 @@ class _Exporter:
         self.hf = None
         self.vocab_sizes: Dict[str, int] = {}
         self.text = None  # the built-in corpus, tokenized, when the source has a tokenizer
+        self.opset_note: dict = {}
+        self.batching: dict = {"batched": True}
+        self.origins: Dict[str, Dict[str, str]] = {}
+        self.dim_sizes: Dict[str, int] = {}
+        self.hints: Dict[str, str] = {}
 
     # -- fp32 ONNX, the base every other variant is made from -----------------------------
     def base_onnx(self) -> Path:
@@ -110,44 +126,119 @@ class _Exporter:
             if self.hf.vocab_size:
                 self.vocab_sizes = {"input_ids": int(self.hf.vocab_size)}
             self.text = self.hf.tokenized_corpus()
+            self.dim_sizes = dict(getattr(self.hf, "dim_sizes", {}) or {})
+            self.hints = dict(getattr(self.hf, "input_hints", {}) or {})
             model = onnx_variants.load_checked(dest)
+            self.original = dest
         else:
             with self.stages.stage("check source ONNX"):
-                model = onnx_variants.load_checked(self.source.path)
-                shutil.copyfile(self.source.path, dest)
+                original = onnx_variants.load_checked(self.source.path)
+                self.original = self.source.path
+                self.external = onnx_variants.has_external_data(self.source.path)
+                model, self.opset_note = onnx_variants.upgrade_opset(original)
+                onnx_variants.save(model, dest, external=self.external)
         self.model = model
         self.signature = signature_from_onnx(model)
         if self.source.kind == "onnx":
             self.vocab_sizes = vocab_sizes_from_onnx(model, self.signature)
         return dest
 
-    # -- inputs ----------------------------------------------------------------------------
-    def inputs(self) -> Tuple[Feeds, Feeds, str]:
-        """(calibration inputs, reference inputs, where the reference came from)."""
+    def restore_original_opset(self, reason: str) -> None:
+        """The upgraded graph answered differently from the file it came from: keep the file as it was."""
+        import onnx
+
+        dest = self.work / FILES["onnx", "fp32"]
+        self.model = onnx.load(str(self.source.path))
+        onnx_variants.save(self.model, dest, external=self.external)
+        self.opset_note = {**self.opset_note, "upgraded_to": None, "upgrade_reverted": reason}
+
+    # -- batching --------------------------------------------------------------------------
+    def probe_batching(self) -> None:
+        """Stack two samples and compare with running them one by one; a model that fails or answers
+        differently cannot batch (a state batched on axis 1, a reshape to a fixed batch of 1)."""
+        if not self.signature.batched:
+            self.batching = {"batched": False, "reason": _unbatched_reason(self.signature)}
+            return
+        if self.source.kind == "huggingface":
+            return
+        probe = self._probe_samples()
+        if probe is None:
+            return
+        reason = batching_mismatch(self.original, probe)
+        if reason:
+            self.signature = self.signature.unbatched()
+            self.batching = {"batched": False, "reason": reason}
+
+    def _probe_samples(self):
         o = self.options
-        if o.calibration:
-            calibration = load_inputs(o.calibration, self.signature, self.vocab_sizes)
-        else:
-            calibration = generate_inputs(self.signature, o.calibration_samples, seed=o.seed,
-                                          sequence_length=o.sequence_length, vocab_sizes=self.vocab_sizes, text=self.text)
         try:
-            # A different seed: accuracy is measured on inputs the quantizer did not calibrate on.
-            reference = generate_inputs(self.signature, o.reference_samples, seed=o.seed + 1,
-                                        sequence_length=o.sequence_length, vocab_sizes=self.vocab_sizes, text=self.text)
-            origin = "generated text" if self.text is not None else "generated"
+            return generate_inputs(self.signature, 2, seed=o.seed + 2, sequence_length=o.sequence_length,
+                                   vocab_sizes=self.vocab_sizes, text=self.text, dim_sizes=self.dim_sizes,
+                                   shapes=o.input_shapes, hints=self.hints)
         except ExportError:
-            reference, origin = {k: v[: o.reference_samples] for k, v in calibration.items()}, "calibration file"
+            for path in (o.calibration, o.golden):
+                if path:
+                    try:
+                        feeds = load_inputs(path, self.signature, self.vocab_sizes)
+                    except ExportError:
+                        continue
+                    if rows(feeds) >= 2:
+                        return take(feeds, 0, 2)
+            return None
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _generate(self, samples: int, seed: int, origins: Dict[str, str]) -> Feeds:
+        o = self.options
+        return generate_inputs(self.signature, samples, seed=seed, sequence_length=o.sequence_length,
+                               vocab_sizes=self.vocab_sizes, text=self.text, dim_sizes=self.dim_sizes,
+                               shapes=o.input_shapes, hints=self.hints, origins=origins)
+
+    def _load(self, path: str, what: str) -> Feeds:
+        try:
+            return load_inputs(path, self.signature, self.vocab_sizes, what=what)
+        except ExportError:
+            if self.batching.get("batched", True) or self.batching.get("reason", "").startswith("shapes"):
+                raise
+            # Written in the batched layout the shapes suggest, before export found that the model cannot batch.
+            as_batched = Signature(self.signature.inputs, self.signature.outputs)
+            return to_unbatched(load_inputs(path, as_batched, self.vocab_sizes, what=what))
+
+    def inputs(self) -> Tuple[Feeds, Feeds]:
+        """(calibration inputs, reference inputs); self.origins says where each input came from."""
+        o = self.options
+        calibration_origin: Dict[str, str] = {}
+        if o.calibration:
+            calibration = self._load(o.calibration, "calibration file")
+            calibration_origin = {name: f"calibration file {o.calibration}" for name in calibration}
+        else:
+            calibration = self._generate(o.calibration_samples, o.seed, calibration_origin)
+        reference_origin: Dict[str, str] = {}
+        if o.golden:
+            reference = self._load(o.golden, "golden inputs file")
+            reference_origin = {name: f"golden inputs file {o.golden}" for name in reference}
+        else:
+            try:
+                # A different seed: accuracy is measured on inputs the quantizer did not calibrate on.
+                reference = self._generate(o.reference_samples, o.seed + 1, reference_origin)
+            except ExportError:
+                reference = take(calibration, 0, o.reference_samples)
+                reference_origin = {name: f"calibration file {o.calibration} (first {rows(reference)} samples)"
+                                    for name in reference}
         check_inputs(reference, self.signature, "reference inputs", self.vocab_sizes)
-        return calibration, reference, origin
+        self.origins = {"calibration": calibration_origin, "reference": reference_origin}
+        return calibration, reference
 
     def golden(self, reference: Feeds) -> Tuple[Dict[str, np.ndarray], str]:
         with self.stages.stage("golden outputs"):
             if self.hf is not None:
                 return self.hf.run(reference), "pytorch"
             try:
-                return run_variant(self.work, "onnx", "fp32", self.work / FILES["onnx", "fp32"], reference), "onnxruntime"
+                # The original file, not the upgraded one: an opset upgrade is judged by its outputs.
+                return run_variant(self.source.path.parent, "onnx", "fp32", self.source.path, reference,
+                                   self.signature.batched), "onnxruntime"
             except Exception as exc:
-                raise ExportError(f"ONNX Runtime cannot run {self.source.path}: {str(exc).splitlines()[0]}") from None
+                raise ExportError(f"ONNX Runtime cannot run {self.source.path} on the reference inputs: {first_line(exc)}"
+                                  f" (give inputs that fit with --golden FILE.npz or --input-shape NAME=AxBxC)") from None
 
     # -- variants --------------------------------------------------------------------------
     def is_transformer(self) -> bool:
@@ -156,6 +247,7 @@ class _Exporter:
     def build(self, fmt: str, precision: str, calibration: Feeds) -> dict:
         base = self.work / FILES["onnx", "fp32"]
         dest = self.work / FILES[fmt, precision]
+        batched = self.signature.batched
         extra: dict = {}
         if fmt == "onnx" and precision == "fp16":
             with self.stages.stage("fp16 ONNX"):
@@ -165,21 +257,55 @@ class _Exporter:
                 onnx_variants.quantize_dynamic_int8(base, dest)
             extra["quantization"] = "dynamic"
         elif fmt == "onnx" and precision == "int8":
-            n = len(next(iter(calibration.values())))
+            n = rows(calibration)
             with self.stages.stage("int8 ONNX (static QDQ, calibrating)", total=n) as stage:
-                onnx_variants.quantize_static_qdq(base, dest, calibration, on_batch=stage.advance)
+                extra.update(onnx_variants.quantize_static_qdq(base, dest, calibration, on_batch=stage.advance, batched=batched))
             extra.update(quantization="static-qdq", calibration_samples=n)
         elif fmt == "openvino" and precision in ("fp32", "fp16"):
             with self.stages.stage(f"OpenVINO IR {precision}"):
                 openvino_variants.save_ir(base, dest, compress_to_fp16=precision == "fp16")
         elif fmt == "openvino" and precision == "int8":
-            n = len(next(iter(calibration.values())))
+            n = rows(calibration)
             with self.stages.stage("OpenVINO IR int8 (NNCF)"):
-                openvino_variants.quantize_int8(base, dest, calibration, transformer=self.is_transformer())
+                openvino_variants.quantize_int8(base, dest, calibration, transformer=self.is_transformer(), batched=batched)
             extra.update(quantization="nncf-ptq", calibration_samples=n)
         if fmt == "onnx":
-            extra["opset"] = onnx_variants.default_domain_opset(self.model)
+            import onnx
+
+            extra["opset"] = onnx_variants.default_domain_opset(onnx.load(str(dest), load_external_data=False))
         return extra
+
+
+def _unbatched_reason(signature: Signature) -> str:
+    for spec in signature.inputs + signature.outputs:
+        if not spec.shape:
+            return f"shapes: {spec.name!r} is a scalar"
+        if not isinstance(spec.shape[0], str):
+            return f"shapes: {spec.name!r} has a fixed first dim {spec.shape[0]} ({list(spec.shape)})"
+    return "shapes"
+
+
+def batching_mismatch(model_path: Path, probe: Feeds) -> Optional[str]:
+    """None when two samples stacked give what each gives alone; else why not."""
+    from portable_ep.exporters.samples import join, model_calls
+
+    try:
+        alone = join([run_variant(model_path.parent, "onnx", "fp32", model_path, call, batched=True, batch=1)
+                      for call in model_calls(probe, True, batch=1)], batched=True)
+    except Exception:
+        return None  # these inputs do not fit the model at all: that says nothing about batching
+    try:
+        whole = run_variant(model_path.parent, "onnx", "fp32", model_path, probe, batched=True, batch=2)
+    except Exception as exc:
+        return f"a batch of 2 fails where each sample alone runs: {first_line(exc)}"
+    for name, expected in alone.items():
+        got = whole.get(name)
+        if got is None or got.shape != expected.shape:
+            return f"output {name!r} is {None if got is None else got.shape} for a batch of 2, not {expected.shape}"
+        scale = max(1.0, float(np.abs(expected).max()) if expected.size else 1.0)
+        if expected.dtype.kind == "f" and not np.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale):
+            return f"output {name!r} changes when samples share a batch (max |diff| {float(np.abs(got - expected).max()):.3g})"
+    return None
 
 
 def export_bundle(source_path, out_dir, options: Optional[ExportOptions] = None) -> ExportResult:
@@ -206,33 +332,75 @@ def export_bundle(source_path, out_dir, options: Optional[ExportOptions] = None)
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, stages: Stages) -> ExportResult:
-    exporter = _Exporter(source, work, options, stages)
-    exporter.base_onnx()
-    calibration, reference, origin = exporter.inputs()
-    golden, golden_framework = exporter.golden(reference)
-    logits = _logits_outputs(source, exporter.signature, exporter.hf.logits_outputs if exporter.hf else ())
+def _variant_plan(options: ExportOptions) -> List[Tuple[str, str]]:
     precisions = ["fp32"] + [p for p in PRECISIONS if p in options.precisions and p != "fp32"]
-
-    variants, problems = [], []
+    plan = []
     for fmt in FORMATS:
         if fmt not in options.formats and not (fmt == "onnx" and "openvino" in options.formats):
             continue
         for precision in precisions:
             if fmt == "onnx" and fmt not in options.formats and precision != "fp32":
                 continue
-            extra = exporter.build(fmt, precision, calibration)
-            file = FILES[fmt, precision]
+            plan.append((fmt, precision))
+    return plan
+
+
+def _remove_variant_files(work: Path, file: str) -> None:
+    path = work / file
+    for leftover in (path, path.with_suffix(".bin") if path.suffix == ".xml" else None, path.with_name(path.name + ".data")):
+        if leftover is not None and leftover.exists():
+            leftover.unlink()
+
+
+def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, stages: Stages) -> ExportResult:
+    exporter = _Exporter(source, work, options, stages)
+    exporter.base_onnx()
+    exporter.probe_batching()
+    calibration, reference = exporter.inputs()
+    golden, golden_framework = exporter.golden(reference)
+    logits = _logits_outputs(source, exporter.signature, exporter.hf.logits_outputs if exporter.hf else ())
+    batched = exporter.signature.batched
+
+    variants, problems = [], []
+    for fmt, precision in _variant_plan(options):
+        file = FILES[fmt, precision]
+        entry: dict = {"format": fmt, "precision": precision}
+        try:
+            extra = exporter.build(fmt, precision, calibration) if (fmt, precision) != ("onnx", "fp32") else {}
+            if (fmt, precision) == ("onnx", "fp32"):
+                extra = {"opset": onnx_variants.default_domain_opset(exporter.model)}
             with stages.stage(f"measure {fmt} {precision}"):
                 accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
-                                           DEFAULT_BUDGETS[precision], logits)
+                                           DEFAULT_BUDGETS[precision], logits, batched)
+            if missed and (fmt, precision) == ("onnx", "fp32") and exporter.opset_note.get("upgraded_to"):
+                exporter.restore_original_opset(f"the opset {exporter.opset_note['upgraded_to']} graph missed the fp32 budget: {missed[0]}")
+                extra = {"opset": onnx_variants.default_domain_opset(exporter.model)}
+                accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
+                                           DEFAULT_BUDGETS[precision], logits, batched)
+        except Exception as exc:  # a tool's failure costs this variant, not the export
+            message = first_line(exc)
+            _remove_variant_files(work, file)
+            if (fmt, precision) == ("onnx", "fp32"):
+                raise ExportError(f"the fp32 ONNX model cannot run on ONNX Runtime: {message}") from None
+            variants.append({**entry, "file": None, "status": "failed", "error": message, "within_budget": False})
+            problems.append(f"{fmt} {precision}: failed: {message}")
+            continue
+        entry.update(file_entry(work, file), **extra, accuracy=accuracy, within_budget=not missed)
+        if not missed:
+            entry["status"] = "ok"
+        else:
+            entry["status"] = "out_of_budget"
+            entry["problems"] = missed
             problems.extend(f"{fmt} {precision} ({file}): {line}" for line in missed)
-            variants.append({"format": fmt, "precision": precision, **file_entry(work, file), **extra,
-                             "accuracy": accuracy, "within_budget": not missed})
+            if not options.allow_out_of_budget and (fmt, precision) != ("onnx", "fp32"):
+                _remove_variant_files(work, file)
+                entry["file"] = None
+        variants.append(entry)
     if "onnx" not in options.formats:
         # The fp32 ONNX was only the stepping stone to the IR.
-        (work / FILES["onnx", "fp32"]).unlink()
+        _remove_variant_files(work, FILES["onnx", "fp32"])
         variants = [v for v in variants if v["format"] != "onnx"]
+    _decide(variants, problems, options)
 
     ref_dir = work / "reference"
     ref_dir.mkdir()
@@ -240,25 +408,52 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
     np.savez(ref_dir / "outputs.npz", **golden)
     signature = exporter.signature.as_dict()
     signature["output_kinds"] = {s.name: ("logits" if s.name in logits else None) for s in exporter.signature.outputs}
+    source_entry = {"kind": source.kind, "path": str(source.path), "task": source.task, "framework": golden_framework}
+    if exporter.opset_note:
+        source_entry["opset"] = exporter.opset_note
     manifest = {
         "name": options.name or (source.path.stem if source.kind == "onnx" else source.path.name),
         "created": now_utc(),
-        "source": {"kind": source.kind, "path": str(source.path), "task": source.task, "framework": golden_framework},
+        "source": source_entry,
         "signature": signature,
+        "batching": exporter.batching,
         "budgets": {p: DEFAULT_BUDGETS[p] for p in DEFAULT_BUDGETS},
         "variants": variants,
         "reference": {"inputs": "reference/inputs.npz", "outputs": "reference/outputs.npz",
-                      "samples": int(len(next(iter(reference.values())))), "origin": origin,
-                      "sequence_length": options.sequence_length, "seed": options.seed + 1},
+                      "samples": rows(reference), "origin": _origin_summary(exporter.origins["reference"]),
+                      "inputs_origin": exporter.origins["reference"],
+                      "sequence_length": options.sequence_length, "seed": options.seed + 1,
+                      "layout": "batch axis" if batched else "leading sample axis"},
         "calibration": {"origin": str(options.calibration) if options.calibration
-                        else ("generated text" if exporter.text is not None else "generated"),
-                        "samples": int(len(next(iter(calibration.values())))), "seed": options.seed},
+                        else _origin_summary(exporter.origins["calibration"]),
+                        "inputs_origin": exporter.origins["calibration"],
+                        "samples": rows(calibration), "seed": options.seed},
+        "generation": {"dim_sizes": exporter.dim_sizes, "input_shapes": {k: list(v) for k, v in options.input_shapes.items()},
+                       "hints": exporter.hints},
         "tools": tool_versions(),
     }
     write_manifest(work, manifest)
-    if problems and not options.allow_out_of_budget:
-        raise ExportError(
-            "export failed its accuracy check, no bundle written: " + "; ".join(problems)
-            + " (pass --allow-out-of-budget to write it anyway, marked within_budget=false)"
-        )
     return ExportResult(out, manifest, problems)
+
+
+def _origin_summary(origins: Dict[str, str]) -> str:
+    kinds = sorted(set(origins.values()))
+    return kinds[0] if len(kinds) == 1 else "; ".join(f"{name}: {origin}" for name, origin in origins.items())
+
+
+def _decide(variants: List[dict], problems: List[str], options: ExportOptions) -> None:
+    """Raise when the bundle would not hold what the user asked for; otherwise the problems are warnings."""
+    def usable(v):
+        return v["status"] == "ok" or (v["status"] == "out_of_budget" and options.allow_out_of_budget and v.get("file"))
+
+    if not any(usable(v) for v in variants):
+        raise ExportError("no variant could be built, no bundle written: " + "; ".join(problems))
+    if options.required:
+        missing = [f"{v['format']} {v['precision']}" for v in variants if not usable(v)]
+        if missing:
+            raise ExportError(
+                f"export failed for the variant(s) you asked for ({', '.join(missing)}), no bundle written: "
+                + "; ".join(problems)
+                + (" (pass --allow-out-of-budget to keep out-of-budget variants, marked within_budget=false)"
+                   if any(v["status"] == "out_of_budget" for v in variants) else "")
+            )

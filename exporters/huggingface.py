@@ -1,8 +1,10 @@
-"""Export a local Hugging Face model folder to ONNX with PyTorch, and compute golden outputs with it.
+"""A local Hugging Face model folder as export sees it: ONNX through optimum, golden outputs from PyTorch.
 
-The traced graph is wrapped so that it returns plain named tensors. A
-sentence-transformers folder (modules.json with mean pooling) also gets a
-``sentence_embedding`` output, pooled and normalized the way sentence-transformers does.
+optimum's exporter (exporters/optimum_export.py) decides, per architecture and task, the
+inputs, outputs and dynamic axes. A sentence-transformers folder that mean-pools also gets
+a ``sentence_embedding`` output, appended to the graph as ONNX ops (masked mean, then L2
+normalization when the folder normalizes) and computed the same way from PyTorch's
+hidden states for the golden outputs, as sentence-transformers does.
 """
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from portable_ep.exporters.errors import ExportError
-from portable_ep.exporters.sources import TASKS, Source
+from portable_ep.exporters.sources import Source
 
-DEFAULT_IMAGE_SIZE = 224
+EMBEDDING = "sentence_embedding"
 
 
 def _sentence_transformers_pooling(folder: Path) -> Tuple[bool, bool]:
@@ -34,37 +36,76 @@ def _sentence_transformers_pooling(folder: Path) -> Tuple[bool, bool]:
     return mean, mean and any(t.endswith("Normalize") for t in types)
 
 
+def append_mean_pooling(path: Path, hidden: str, mask: str, normalize: bool) -> None:
+    """Add ``sentence_embedding`` = masked mean of ``hidden`` over axis 1 (then L2-normalized) to the graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    graph.initializer.extend([numpy_helper.from_array(np.array([1], dtype=np.int64), "pool_axis1"),
+                              numpy_helper.from_array(np.array([-1], dtype=np.int64), "pool_axis_last"),
+                              numpy_helper.from_array(np.array(1e-9, dtype=np.float32), "pool_eps")])
+    nodes = [
+        helper.make_node("Cast", [mask], ["pool_mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["pool_mask_f", "pool_axis_last"], ["pool_mask"]),
+        helper.make_node("Mul", [hidden, "pool_mask"], ["pool_masked"]),
+        helper.make_node("ReduceSum", ["pool_masked", "pool_axis1"], ["pool_sum"], keepdims=0),
+        helper.make_node("ReduceSum", ["pool_mask", "pool_axis1"], ["pool_count_raw"], keepdims=0),
+        helper.make_node("Max", ["pool_count_raw", "pool_eps"], ["pool_count"]),
+        helper.make_node("Div", ["pool_sum", "pool_count"], ["pool_mean" if normalize else EMBEDDING]),
+    ]
+    if normalize:
+        nodes.append(helper.make_node("LpNormalization", ["pool_mean"], [EMBEDDING], axis=1, p=2))
+    graph.node.extend(nodes)
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch_size"
+    width = next(o for o in graph.output if o.name == hidden).type.tensor_type.shape.dim[2]
+    graph.output.append(helper.make_tensor_value_info(
+        EMBEDDING, TensorProto.FLOAT, [batch, width.dim_value if width.HasField("dim_value") else width.dim_param]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
+    weights = mask[..., None].astype(np.float64)
+    pooled = (hidden.astype(np.float64) * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
+    if normalize:
+        pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return pooled.astype(np.float32)
+
+
 class HuggingFaceModel:
-    """A loaded model plus the names and dynamic axes of what it exports."""
+    """The folder, its task, and what its ONNX export takes and gives (set by export_onnx)."""
 
     def __init__(self, source: Source):
-        import torch
-        import transformers
-
         self.source = source
-        auto_name, outputs, self.logits_outputs = TASKS[source.task]
-        auto = getattr(transformers, auto_name)
-        try:
-            # eager attention traces to plain MatMul/Softmax, which every runtime and quantizer handles.
-            model = auto.from_pretrained(str(source.path), local_files_only=True, attn_implementation="eager")
-        except (OSError, ValueError) as exc:
-            raise ExportError(f"cannot load {source.path} as {auto_name} for task {source.task}: {str(exc).splitlines()[0]}") from None
-        self.model = model.eval().float()
-        self.config = model.config
-        self.is_image = source.task == "image-classification"
+        self.task = source.task
+        self.config = source.config
         self.mean_pool, self.normalize = (False, False)
-        if source.task == "feature-extraction":
+        if self.task == "feature-extraction":
             self.mean_pool, self.normalize = _sentence_transformers_pooling(source.path)
-        self.output_names: List[str] = list(outputs) + (["sentence_embedding"] if self.mean_pool else [])
-        if self.is_image:
-            self.input_names = ["pixel_values"]
-        else:
-            self.input_names = ["input_ids", "attention_mask"]
-        self._wrapper = self._make_wrapper(torch)
+        self.input_names: List[str] = []
+        self.output_names: List[str] = []
+        self.logits_outputs: Tuple[str, ...] = ()
+        self.dim_sizes: Dict[str, int] = {}
+        self.input_hints: Dict[str, str] = {}
+
+    def export_onnx(self, path: Path, opset: int) -> None:
+        from portable_ep.exporters.optimum_export import export_onnx
+
+        exported = export_onnx(self.source.path, self.task, path, opset=opset)
+        self.input_names, self.output_names = list(exported.input_names), list(exported.output_names)
+        self.logits_outputs = tuple(exported.logits_outputs)
+        self.dim_sizes = dict(exported.dim_sizes)
+        if self.task == "audio-classification":
+            self.input_hints = {name: "audio" for name in self.input_names if name == "input_values"}
+        if self.mean_pool and "last_hidden_state" in self.output_names and "attention_mask" in self.input_names:
+            append_mean_pooling(Path(path), "last_hidden_state", "attention_mask", self.normalize)
+            self.output_names.append(EMBEDDING)
 
     def tokenized_corpus(self):
         """The built-in corpus through the folder's tokenizer, or None when it has none."""
-        if self.is_image:
+        if "input_ids" not in self.input_names:
             return None
         try:
             from transformers import AutoTokenizer
@@ -78,73 +119,21 @@ class HuggingFaceModel:
 
     @property
     def vocab_size(self):
-        return getattr(self.config, "vocab_size", None)
-
-    @property
-    def image_size(self) -> int:
-        size = getattr(self.config, "image_size", DEFAULT_IMAGE_SIZE)
-        return int(size[0] if isinstance(size, (list, tuple)) else size)
-
-    @property
-    def num_channels(self) -> int:
-        return int(getattr(self.config, "num_channels", 3))
-
-    def _make_wrapper(self, torch):
-        outer = self
-
-        class Wrapper(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inner = outer.model
-
-            def forward(self, *inputs):
-                out = self.inner(**dict(zip(outer.input_names, inputs)))
-                first = out[outer.output_names[0]]
-                if not outer.mean_pool:
-                    return (first,)
-                mask = inputs[1].unsqueeze(-1).to(first.dtype)
-                pooled = (first * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                if outer.normalize:
-                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                return first, pooled
-
-        return Wrapper().eval()
-
-    def dynamic_axes(self) -> Dict[str, Dict[int, str]]:
-        axes: Dict[str, Dict[int, str]] = {}
-        for name in self.input_names:
-            axes[name] = {0: "batch"} if self.is_image else {0: "batch", 1: "sequence"}
-        for name in self.output_names:
-            axes[name] = {0: "batch", 1: "sequence"} if name == "last_hidden_state" else {0: "batch"}
-        return axes
-
-    def example_inputs(self, sequence: int = 8):
-        import torch
-
-        if self.is_image:
-            return (torch.zeros(2, self.num_channels, self.image_size, self.image_size),)
-        ids = torch.ones(2, sequence, dtype=torch.int64)
-        return ids, torch.ones_like(ids)
-
-    def export_onnx(self, path: Path, opset: int) -> None:
-        import torch
-
-        with torch.no_grad():
-            torch.onnx.export(
-                self._wrapper, self.example_inputs(), str(path), input_names=self.input_names,
-                output_names=self.output_names, dynamic_axes=self.dynamic_axes(), opset_version=opset,
-                dynamo=False,
-            )
+        return self.config.get("vocab_size")
 
     def run(self, feeds: Dict[str, np.ndarray], batch: int = 16) -> Dict[str, np.ndarray]:
-        """Golden outputs from PyTorch, fp32, in chunks of ``batch`` rows."""
-        import torch
+        """Golden outputs from PyTorch, fp32."""
+        from portable_ep.exporters.optimum_export import pytorch_outputs
 
-        rows = len(next(iter(feeds.values())))
-        chunks: Dict[str, list] = {name: [] for name in self.output_names}
-        with torch.no_grad():
-            for start in range(0, rows, batch):
-                args = [torch.from_numpy(np.ascontiguousarray(feeds[name][start:start + batch])) for name in self.input_names]
-                for name, value in zip(self.output_names, self._wrapper(*args)):
-                    chunks[name].append(value.numpy())
-        return {name: np.concatenate(parts) for name, parts in chunks.items()}
+        names = [n for n in self.output_names if n != EMBEDDING]
+        try:
+            outputs = pytorch_outputs(self.source.path, self.task, feeds, names, batch=batch)
+        except ExportError:
+            raise
+        except Exception as exc:
+            from portable_ep.exporters.errors import one_line
+
+            raise ExportError(f"PyTorch cannot run {self.source.path} on the reference inputs: {one_line(exc)}") from None
+        if EMBEDDING in self.output_names:
+            outputs[EMBEDDING] = mean_pool(outputs["last_hidden_state"], feeds["attention_mask"], self.normalize)
+        return outputs

@@ -22,11 +22,13 @@ def sha256_of(path: Path) -> str:
 
 
 def variant_files(root: Path, file: str) -> Iterable[Path]:
-    """The files one variant is made of: an IR is its .xml and .bin."""
+    """The files one variant is made of: an IR is its .xml and .bin; ONNX may have external data."""
     path = root / file
     yield path
     if path.suffix == ".xml":
         yield path.with_suffix(".bin")
+    elif path.with_name(path.name + ".data").is_file():
+        yield path.with_name(path.name + ".data")
 
 
 def file_entry(root: Path, file: str) -> dict:
@@ -34,6 +36,7 @@ def file_entry(root: Path, file: str) -> dict:
     entry = {"file": file, "sha256": sha256_of(paths[0]), "bytes": sum(p.stat().st_size for p in paths)}
     if len(paths) > 1:
         entry["weights_sha256"] = sha256_of(paths[1])
+        entry["weights_file"] = str(paths[1].relative_to(root))
     return entry
 
 

@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from portable_ep.exporters.errors import ExportError
-from portable_ep.exporters.inputs import Feeds, rows, take
+from portable_ep.exporters.samples import Feeds, model_calls, rows
 
-# QDQ with per-channel weights needs opset 13; onnx's newest opset is the ceiling.
+# QDQ with per-channel weights needs opset 13: older files are upgraded to it. The
+# version converter knows opsets from 7 on; onnx's newest opset is the ceiling.
 MIN_OPSET = 13
+OLDEST_CONVERTIBLE_OPSET = 7
+# Above this an ONNX file must keep its weights in external data (protobuf's 2 GB limit).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
 # torch's TorchScript exporter (dynamo=False) writes opsets up to 20.
 HF_OPSETS = range(14, 21)
 DEFAULT_OPSET = 17
@@ -41,14 +45,62 @@ def load_checked(path) -> "onnx.ModelProto":  # noqa: F821
         raise ExportError(f"{path} has no graph inputs or outputs (an empty or truncated model)")
     opset = default_domain_opset(model)
     newest = onnx.defs.onnx_opset_version()
-    if opset < MIN_OPSET:
+    if opset < OLDEST_CONVERTIBLE_OPSET:
         raise ExportError(
-            f"{path} uses opset {opset}; portable-ep needs opset {MIN_OPSET}..{newest} (int8 QDQ needs {MIN_OPSET}): "
-            f"upgrade it with onnx.version_converter.convert_version(model, {DEFAULT_OPSET})"
+            f"{path} uses opset {opset}; portable-ep reads opset {OLDEST_CONVERTIBLE_OPSET}..{newest} "
+            f"(older files cannot be upgraded by onnx's version converter): re-export the model from its framework"
         )
     if opset > newest:
         raise ExportError(f"{path} uses opset {opset}, newer than this onnx {onnx.__version__} knows ({newest}); upgrade onnx or re-export with opset <= {newest}")
     return model
+
+
+def upgrade_opset(model, target: int = MIN_OPSET):
+    """``(model, note)``: ``model`` moved to default-domain opset ``target`` when it is older.
+
+    The converter rewrites ops whose definition changed between opsets; the caller
+    measures the result against the original file's own outputs, so a conversion that
+    changed the answers is caught like any other variant that misses its budget.
+    ``note`` says what happened, for the manifest.
+    """
+    import onnx
+    from onnx import version_converter
+
+    source = default_domain_opset(model)
+    if source >= target:
+        return model, {"source": source, "upgraded_to": None}
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted, full_check=False)
+    except Exception as exc:  # the converter has no adapter for some op: keep the original
+        return model, {"source": source, "upgraded_to": None, "upgrade_failed": _first_line(exc)}
+    return converted, {"source": source, "upgraded_to": target}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def save(model, dest: Path, external: bool = False) -> None:
+    """Write ``model``; weights go to ``<dest>.data`` beside it when the source kept them outside
+    (``external``) or they are too big for one protobuf."""
+    import onnx
+
+    if external or model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=dest.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(dest))
+
+
+def has_external_data(path) -> bool:
+    """Whether the ONNX file at ``path`` keeps any weights in files beside it."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def convert_fp16(source: Path, dest: Path) -> None:
@@ -71,21 +123,18 @@ def preprocess(source: Path, dest: Path) -> None:
     quant_pre_process(str(source), str(dest), skip_symbolic_shape=True)
 
 
-def _reader(calibration: Feeds, batch: int, on_batch: Optional[Callable[[int], None]]):
+def _reader(calibration: Feeds, batch: int, on_batch: Optional[Callable[[int], None]], batched: bool = True):
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._starts = iter(range(0, rows(calibration), batch))
+            self._calls = model_calls(calibration, batched, batch)
 
         def get_next(self):
-            start = next(self._starts, None)
-            if start is None:
-                return None
-            chunk = take(calibration, start, start + batch)
-            if on_batch:
-                on_batch(rows(chunk))
-            return chunk
+            call = next(self._calls, None)
+            if call is not None and on_batch:
+                on_batch(rows(call) if batched else 1)
+            return call
 
     return Reader()
 
@@ -135,8 +184,8 @@ def static_exclusions(model_path: Path) -> list:
 
 def quantize_static_qdq(
     source: Path, dest: Path, calibration: Feeds, *, batch: int = 8, on_batch: Optional[Callable[[int], None]] = None,
-    op_types: Iterable[str] = QUANTIZED_OPS,
-) -> None:
+    op_types: Iterable[str] = QUANTIZED_OPS, batched: bool = True,
+) -> dict:
     """Static int8 QDQ: uint8 activations calibrated (MinMax) on ``calibration``, per-channel int8 weights.
 
     Weights are 7-bit (reduce_range): without VNNI, x86 int8 kernels sum u8*s8 pairs with
@@ -146,14 +195,26 @@ def quantize_static_qdq(
 
     pre = dest.with_name(dest.stem + ".pre.onnx")
     preprocess(source, pre)
-    try:
+    options = {"ActivationSymmetric": False, "WeightSymmetric": True}
+
+    def run(extra: dict) -> None:
         quantize_static(
-            str(pre), str(dest), _reader(calibration, batch, on_batch), quant_format=QuantFormat.QDQ,
+            str(pre), str(dest), _reader(calibration, batch, on_batch, batched), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types), nodes_to_exclude=static_exclusions(pre),
             per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={**options, **extra},
         )
+
+    try:
+        try:
+            run({})
+            return {}
+        except Exception as exc:
+            # ONNX Runtime's weight-scale adjustment for int32 biases crashes on some real graphs
+            # ("truth value of an array ... is ambiguous"); it is an optional refinement, so try without it.
+            run({"QDQDisableWeightAdjustForInt32Bias": True})
+            return {"retried_without": "weight scale adjustment for int32 bias", "first_error": _first_line(exc)}
     finally:
         for leftover in (pre, Path(str(pre) + ".data")):
             if leftover.exists():

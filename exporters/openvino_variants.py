@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from portable_ep.exporters import telemetry
-from portable_ep.exporters.inputs import Feeds, rows, take
+from portable_ep.exporters.samples import Feeds, model_calls, rows
 
 
 def _read(onnx_path: Path):
@@ -22,13 +22,14 @@ def save_ir(onnx_path: Path, xml_path: Path, compress_to_fp16: bool) -> None:
     ov.save_model(_read(onnx_path), str(xml_path), compress_to_fp16=compress_to_fp16)
 
 
-def quantize_int8(onnx_path: Path, xml_path: Path, calibration: Feeds, *, transformer: bool, batch: int = 1) -> None:
+def quantize_int8(onnx_path: Path, xml_path: Path, calibration: Feeds, *, transformer: bool, batch: int = 1,
+                  batched: bool = True) -> None:
     """NNCF post-training int8 with the same calibration samples the ONNX int8 variant used."""
     import openvino as ov
 
     telemetry.silence()
     import nncf
-    items = [take(calibration, start, start + batch) for start in range(0, rows(calibration), batch)]
+    items = list(model_calls(calibration, batched, batch))
     quantized = nncf.quantize(
         _read(onnx_path),
         nncf.Dataset(items),

@@ -10,8 +10,20 @@ def _fmt_size(n: int) -> str:
 
 def variant_rows(manifest: dict):
     for variant in manifest["variants"]:
-        for output, acc in variant["accuracy"]["outputs"].items():
+        outputs = (variant.get("accuracy") or {}).get("outputs") or {}
+        if not outputs:
+            yield variant, "-", None
+        for output, acc in outputs.items():
             yield variant, output, acc
+
+
+def _status(variant: dict) -> str:
+    status = variant.get("status", "ok" if variant.get("within_budget") else "out_of_budget")
+    if status == "ok":
+        return "[green]within[/]"
+    if status == "failed":
+        return "[red]FAILED[/]"
+    return "[yellow]MISSED[/]" + ("" if variant.get("file") else " (left out)")
 
 
 def print_export_report(result, console) -> None:
@@ -22,13 +34,24 @@ def print_export_report(result, console) -> None:
     for column in ("format", "precision", "file", "size", "output", "max |diff|", "cosine mean / worst", "top-1", "budget"):
         table.add_column(column)
     for variant, output, acc in variant_rows(manifest):
-        ok = variant["within_budget"]
+        size = _fmt_size(variant["bytes"]) if variant.get("file") and "bytes" in variant else "-"
+        if acc is None:
+            table.add_row(variant["format"], variant["precision"], variant.get("file") or "-", size, output, "-", "-", "-", _status(variant))
+            continue
         table.add_row(
-            variant["format"], variant["precision"], variant["file"], _fmt_size(variant["bytes"]), output,
+            variant["format"], variant["precision"], variant.get("file") or "-", size, output,
             f"{acc['max_abs']:.2e}", f"{acc['cosine']:.5f} / {acc['worst_cosine']:.5f}", "-" if acc["top1"] is None else f"{acc['top1']:.3f}",
-            "[green]within[/]" if ok else "[red]MISSED[/]",
+            _status(variant),
         )
     console.print(table)
+    opset = manifest["source"].get("opset") or {}
+    if opset.get("upgraded_to"):
+        console.print(f"opset {opset['source']} upgraded to {opset['upgraded_to']} (judged against the original file's outputs)")
+    elif opset.get("upgrade_failed") or opset.get("upgrade_reverted"):
+        console.print(f"opset {opset['source']} kept: {opset.get('upgrade_failed') or opset.get('upgrade_reverted')}")
+    batching = manifest.get("batching") or {}
+    if not batching.get("batched", True):
+        console.print(f"not batched ({batching.get('reason')}): `repo add` gives it max_batch_size 0")
     for line in result.problems:
-        console.print(f"[red]out of budget[/]: {line}")
+        console.print(f"[yellow]warning[/]: {line}")
     console.print(f"bundle: {result.bundle}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from portable_ep.backends.artifacts import MANIFEST_NAME
+from portable_ep.backends.artifacts import MANIFEST_NAME, is_servable
 from portable_ep.exporters.errors import ExportError
 from portable_ep.exporters.manifest import read_manifest
 from portable_ep.exporters.signature import Signature
@@ -37,7 +37,7 @@ class RepoOptions:
 def _check(options: RepoOptions, manifest: dict, bundle: Path) -> None:
     if options.precision and options.precision not in SERVING_PRECISIONS:
         raise ExportError(f"unknown precision {options.precision!r}; choose one of {', '.join(SERVING_PRECISIONS)}")
-    stored = {v["precision"] for v in manifest.get("variants", [])}
+    stored = {v["precision"] for v in manifest.get("variants", []) if is_servable(v)}
     wanted = options.precision or "fp32"
     if wanted in ("fp16", "int8") and wanted not in stored:
         raise ExportError(
@@ -50,13 +50,28 @@ def _check(options: RepoOptions, manifest: dict, bundle: Path) -> None:
         raise ExportError("the dynamic batching delay must be >= 0 microseconds")
 
 
-def add_to_repository(bundle, repository, name: str, options: Optional[RepoOptions] = None) -> Path:
+def unbatched_reason(manifest: dict) -> Optional[str]:
+    """Why the bundle's model cannot batch (so its config gets max_batch_size 0), or None."""
+    signature = Signature.from_dict(manifest["signature"])
+    if signature.batched:
+        return None
+    reason = (manifest.get("batching") or {}).get("reason") or "its inputs and outputs have no shared symbolic first dim"
+    return reason[len("shapes: "):] if reason.startswith("shapes: ") else reason
+
+
+def add_to_repository(bundle, repository, name: str, options: Optional[RepoOptions] = None,
+                      notes: Optional[list] = None) -> Path:
+    """Copy ``bundle`` into ``repository/name`` with its config.pbtxt; ``notes`` gets what the user should know."""
     options = options or RepoOptions()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     _check(options, manifest, bundle)
     signature = Signature.from_dict(manifest["signature"])
     max_batch = options.max_batch_size if signature.batched else 0
+    reason = unbatched_reason(manifest)
+    if reason and notes is not None:
+        notes.append(f"max_batch_size 0: the model cannot batch ({reason}); each request is one sample "
+                     "with the model's own shape")
     decls = lambda specs: [TensorDecl(s.name, s.dtype, signature.triton_dims(s)) for s in specs]  # noqa: E731
     config = build_model_config(
         name, decls(signature.inputs), decls(signature.outputs), max_batch_size=max_batch,

@@ -1,12 +1,18 @@
 """A model's inputs and outputs as the manifest records them.
 
 Shapes hold ints for fixed dims and strings for symbolic ones (``"batch"``,
-``"sequence"``); the first dim is the batch dim when it is symbolic.
+``"sequence"``); the first dim is the batch dim when it is symbolic and the model
+really batches along it (``Signature.batchable``, measured at export).
+
+Real ONNX files spell "any size" many ways: a named dim, ``?``, an empty name, an
+expression (``floor(height/2)``), or a dim_value of -1 or 0 (Paddle). All of them
+are symbolic here; the unnamed ones get a name of their own per input and axis, so
+two ``?`` dims are never taken for the same size.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,11 +37,20 @@ class TensorSpec:
 class Signature:
     inputs: Tuple[TensorSpec, ...]
     outputs: Tuple[TensorSpec, ...]
+    #: None: judged from the shapes alone; False when export found that stacking samples
+    #: along axis 0 fails or changes the answers (a state batched on axis 1, a graph that
+    #: reshapes to a fixed batch of 1).
+    batchable: Optional[bool] = None
 
     @property
     def batched(self) -> bool:
-        """Batched when every input and output starts with a symbolic dim."""
-        return all(spec.shape and isinstance(spec.shape[0], str) for spec in self.inputs + self.outputs)
+        """Batched when every input and output starts with a symbolic dim (and export did not find otherwise)."""
+        if self.batchable is False:
+            return False
+        return bool(self.inputs) and all(spec.shape and isinstance(spec.shape[0], str) for spec in self.inputs + self.outputs)
+
+    def unbatched(self) -> "Signature":
+        return Signature(self.inputs, self.outputs, batchable=False)
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -44,19 +59,25 @@ class Signature:
         raise KeyError(name)
 
     def as_dict(self) -> dict:
-        return {"inputs": [s.as_dict() for s in self.inputs], "outputs": [s.as_dict() for s in self.outputs]}
+        return {"inputs": [s.as_dict() for s in self.inputs], "outputs": [s.as_dict() for s in self.outputs],
+                "batched": self.batched}
 
     @classmethod
     def from_dict(cls, entry: dict) -> "Signature":
+        batched = entry.get("batched")
         return cls(
             tuple(TensorSpec.from_dict(e) for e in entry["inputs"]),
             tuple(TensorSpec.from_dict(e) for e in entry["outputs"]),
+            batchable=False if batched is False else None,  # only "cannot batch" overrides the shapes
         )
 
     def triton_dims(self, spec: TensorSpec) -> Tuple[int, ...]:
         """Dims for config.pbtxt: the batch dim dropped when batched, symbolic dims as -1."""
         dims = spec.shape[1:] if self.batched else spec.shape
         return tuple(d if isinstance(d, int) else -1 for d in dims)
+
+
+UNNAMED_DIMS = ("", "?", "-1", "None")
 
 
 def signature_from_onnx(model) -> Signature:
@@ -73,10 +94,12 @@ def signature_from_onnx(model) -> Signature:
             tensor_type = value.type.tensor_type
             shape: List[Dim] = []
             for index, dim in enumerate(tensor_type.shape.dim):
-                if dim.HasField("dim_value"):
+                if dim.HasField("dim_value") and dim.dim_value > 0:
                     shape.append(int(dim.dim_value))
-                else:
-                    shape.append(dim.dim_param or f"{value.name}_dim{index}")
+                elif dim.HasField("dim_param") and dim.dim_param.strip() not in UNNAMED_DIMS:
+                    shape.append(dim.dim_param)
+                else:  # -1 / 0 (Paddle), "?", "" or no value at all: any size, its own name
+                    shape.append(f"{value.name}_dim{index}")
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
             result.append(TensorSpec(value.name, dtype, tuple(shape)))
         return tuple(result)
@@ -85,7 +108,8 @@ def signature_from_onnx(model) -> Signature:
 
 
 def symbolic_sizes(signature: Signature, batch: int, overrides: Dict[str, int]) -> Dict[str, int]:
-    """Concrete sizes for every symbolic dim: the batch dim gets ``batch``, others ``overrides``."""
+    """Concrete sizes for every symbolic dim: the batch dim gets ``batch``, others ``overrides``
+    (by dim name, else ``"*"``)."""
     sizes: Dict[str, int] = {}
     for spec in signature.inputs:
         for index, dim in enumerate(spec.shape):

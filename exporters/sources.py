@@ -12,12 +12,25 @@ from typing import Optional
 
 from portable_ep.exporters.errors import ExportError
 
-#: task -> (transformers Auto class, output names, the outputs that are class logits)
-TASKS = {
-    "text-classification": ("AutoModelForSequenceClassification", ("logits",), ("logits",)),
-    "feature-extraction": ("AutoModel", ("last_hidden_state",), ()),
-    "image-classification": ("AutoModelForImageClassification", ("logits",), ("logits",)),
-}
+#: Tasks a Hugging Face folder is exported for (through optimum, exporters/optimum_export.py).
+TASKS = (
+    "text-classification", "token-classification", "question-answering", "fill-mask", "feature-extraction",
+    "image-classification", "object-detection", "semantic-segmentation", "audio-classification",
+)
+#: Architecture name endings -> task, for folders whose config.json names its architecture.
+ARCHITECTURE_TASKS = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "fill-mask"),
+    ("ForImageClassification", "image-classification"),
+    ("ForObjectDetection", "object-detection"),
+    ("ForSemanticSegmentation", "semantic-segmentation"),
+    ("ForAudioClassification", "audio-classification"),
+)
+#: Speech encoders whose ...ForSequenceClassification head classifies audio, not text.
+AUDIO_MODEL_TYPES = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "unispeech", "unispeech-sat", "sew", "sew-d",
+                     "data2vec-audio", "audio-spectrogram-transformer", "whisper")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
@@ -32,12 +45,13 @@ class Source:
         return f"{self.kind} {self.path}" + (f" (task {self.task})" if self.task else "")
 
 
-def infer_task(architectures) -> Optional[str]:
+def infer_task(architectures, model_type: Optional[str] = None) -> Optional[str]:
     for arch in architectures or ():
-        if arch.endswith("ForSequenceClassification"):
-            return "text-classification"
-        if arch.endswith("ForImageClassification"):
-            return "image-classification"
+        for ending, task in ARCHITECTURE_TASKS:
+            if arch.endswith(ending):
+                if task == "text-classification" and model_type in AUDIO_MODEL_TYPES:
+                    return "audio-classification"
+                return task
         # A bare encoder (BertModel), not a model with a head (GPT2LMHeadModel).
         if arch.endswith("Model") and "For" not in arch and "Head" not in arch:
             return "feature-extraction"
@@ -73,7 +87,7 @@ def resolve_source(path, task: Optional[str] = None) -> Source:
             "save the model with model.save_pretrained(DIR), not just its config"
         )
     if task is None:
-        task = infer_task(config.get("architectures"))
+        task = infer_task(config.get("architectures"), config.get("model_type"))
         if task is None:
             raise ExportError(
                 f"cannot infer the task of {path} from architectures {config.get('architectures')}; "

@@ -49,7 +49,13 @@ def build_model_config(
     config = pb2.ModelConfig(name=name, backend=BACKEND_NAME, max_batch_size=max_batch_size)
     for decls, field in ((inputs, config.input), (outputs, config.output)):
         for decl in decls:
-            field.add(name=decl.name, data_type=pb2.DataType.Value(numpy_to_triton_type(decl.dtype)), dims=list(decl.dims))
+            tensor = field.add(name=decl.name, data_type=pb2.DataType.Value(numpy_to_triton_type(decl.dtype)),
+                               dims=list(decl.dims) or [1])
+            if not decl.dims and max_batch_size > 0:
+                # Triton needs dims: a batched model's per-sample scalar travels as [1], reshaped to [].
+                # (A model that does not batch may not declare a scalar at all: it gets dims [1] and the
+                # backend squeezes it to the model's rank 0.)
+                tensor.reshape.SetInParent()
     if max_batch_size > 0 and dynamic_batching_delay_us is not None:
         config.dynamic_batching.max_queue_delay_microseconds = dynamic_batching_delay_us
     # KIND_GPU gives each instance a device id the cuda provider honours.

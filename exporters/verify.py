@@ -14,33 +14,31 @@ import numpy as np
 from portable_ep.backends.artifacts import ModelArtifacts, Variant
 from portable_ep.backends.base import LoadRequest
 from portable_ep.exporters.accuracy import compare_outputs
-from portable_ep.exporters.inputs import Feeds, rows, take
+from portable_ep.exporters.samples import Feeds, run_samples
 
 RUNTIME_OF_FORMAT = {"onnx": "cpu", "openvino": "openvino"}
 
 
-def run_variant(root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, batch: int = 8) -> Dict[str, np.ndarray]:
+def run_variant(root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, batched: bool = True,
+                batch: int = 8) -> Dict[str, np.ndarray]:
+    """Every sample of ``feeds`` (in the layout of exporters/samples.py) through the provider of ``fmt``."""
     from portable_ep.backends.registry import default_registry
 
     provider = default_registry().get(RUNTIME_OF_FORMAT[fmt])
     artifacts = ModelArtifacts(root=root, variants=(Variant(fmt, precision, file),))
     session = provider.load(LoadRequest(artifacts=artifacts, precision=precision))
     try:
-        chunks: Dict[str, list] = {}
-        for start in range(0, rows(feeds), batch):
-            for name, value in session.run(take(feeds, start, start + batch)).items():
-                chunks.setdefault(name, []).append(np.asarray(value))
-        return {name: np.concatenate(parts) for name, parts in chunks.items()}
+        return run_samples(session.run, feeds, batched, batch)
     finally:
         session.close()
 
 
 def measure(
     root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, golden: Mapping[str, np.ndarray],
-    budget: Mapping[str, float], logits_outputs: Sequence[str],
+    budget: Mapping[str, float], logits_outputs: Sequence[str], batched: bool = True,
 ) -> Tuple[dict, list]:
     """(the manifest's ``accuracy`` entry, [budget violation lines])."""
-    outputs = run_variant(root, fmt, precision, file, feeds)
+    outputs = run_variant(root, fmt, precision, file, feeds, batched)
     results, problems = compare_outputs(golden, outputs, budget, precision, logits_outputs)
     entry = {
         "runtime": f"{RUNTIME_OF_FORMAT[fmt]} provider",

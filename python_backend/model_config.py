@@ -48,13 +48,14 @@ def _tensor_specs(entries: List[dict], kind: str, model: str) -> Tuple[TensorSpe
     specs = []
     for entry in entries:
         name = entry.get("name", "")
-        if entry.get("reshape"):
-            raise ModelConfigError(f"model {model!r} {kind} {name!r}: 'reshape' is not supported by the portable_ep backend")
         try:
             dtype = triton_type_to_numpy(entry.get("data_type", ""))
         except ValueError as exc:
             raise ModelConfigError(f"model {model!r} {kind} {name!r}: {exc}") from None
         dims = tuple(int(d) for d in entry.get("dims", []))
+        if "reshape" in entry:
+            # Triton hands the backend tensors in the reshaped shape (a scalar is dims [1], reshape []).
+            dims = tuple(int(d) for d in (entry.get("reshape") or {}).get("shape", []))
         specs.append(TensorSpec(name, dtype, dims, bool(entry.get("optional", False))))
     return tuple(specs)
 

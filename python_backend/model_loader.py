@@ -42,6 +42,8 @@ def signature_mismatches(config: ServingConfig, session: Session) -> List[str]:
                     f"{kind} {spec.name!r} is {short_type_name(spec.dtype)} in config.pbtxt but {short_type_name(tensor.dtype)} in the model"
                 )
             model_dims = list(tensor.shape[1:] if config.batched else tensor.shape)
+            if not model_dims and tuple(spec.dims) == (1,) and not config.batched:
+                continue  # a scalar declared dims [1]: Triton has no rank 0 for models that do not batch
             if len(model_dims) != len(spec.dims):
                 problems.append(
                     f"{kind} {spec.name!r} has {len(spec.dims)} dims in config.pbtxt "

@@ -36,8 +36,10 @@ class CheckOptions:
 
 
 def _one_request(target: Target) -> dict:
+    from portable_ep.exporters.samples import first_request
+
     with np.load(target.bundle / target.manifest["reference"]["inputs"]) as data:
-        return {name: data[name][:1] for name in data.files}
+        return first_request({name: data[name] for name in data.files}, target.batched)
 
 
 def _latency(target: Target, options: CheckOptions, session, session_reason: str) -> dict:

@@ -31,6 +31,19 @@ class Target:
     manifest: Optional[dict] = field(default=None, repr=False)
 
     @property
+    def signature(self):
+        from portable_ep.exporters.signature import Signature
+
+        return Signature.from_dict(self.manifest["signature"])
+
+    @property
+    def batched(self) -> bool:
+        """Samples in the bundle's arrays lie along the model's batch axis (else one per request)."""
+        if self.manifest is None:
+            return self.max_batch_size > 0
+        return self.signature.batched
+
+    @property
     def name(self) -> str:
         return self.label or f"{self.model} ({self.provider or '?'}, {self.precision})"
 

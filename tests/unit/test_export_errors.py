@@ -78,15 +78,30 @@ def test_truncated_onnx(capsys, tmp_path, model_files, out):
     assert_nothing_written(out)
 
 
-def test_unsupported_opset(capsys, tmp_path, model_files, out):
+def test_old_opset_is_upgraded_and_judged_against_the_original(capsys, tmp_path, model_files, out):
     import onnx
 
     model = onnx.load(str(model_files["mlp"]))
     model.opset_import[0].version = 11
     old = tmp_path / "opset11.onnx"
     onnx.save(model, str(old))
+    code, err = run_export(capsys, old, out, "--formats", "onnx")
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["opset"] == {"source": 11, "upgraded_to": 13}
+    assert {v["precision"]: (v["opset"], v["status"]) for v in manifest["variants"]} == {
+        "fp32": (13, "ok"), "fp16": (13, "ok"), "int8": (13, "ok")}
+
+
+def test_opset_older_than_the_converter_knows(capsys, tmp_path, model_files, out):
+    import onnx
+
+    model = onnx.load(str(model_files["mlp"]))
+    model.opset_import[0].version = 6
+    old = tmp_path / "opset6.onnx"
+    onnx.save(model, str(old))
     code, err = run_export(capsys, old, out)
-    assert code == 1 and "opset 11" in err and "version_converter" in err
+    assert code == 1 and "opset 6" in err and "re-export" in err
     assert_nothing_written(out)
 
 
@@ -122,22 +137,55 @@ def test_user_calibration_that_fits_is_used(capsys, tmp_path, model_files, out):
     code, err = run_export(capsys, model_files["bag_of_words"], out, "--calibration", calibration, "--formats", "onnx")
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["calibration"] == {"origin": str(calibration), "samples": 12, "seed": 0}
+    assert {k: manifest["calibration"][k] for k in ("origin", "samples", "seed")} == {
+        "origin": str(calibration), "samples": 12, "seed": 0}
+    assert set(manifest["calibration"]["inputs_origin"].values()) == {f"calibration file {calibration}"}
     int8 = next(v for v in manifest["variants"] if v["precision"] == "int8")
     assert int8["calibration_samples"] == 12
 
 
-def test_variant_out_of_budget_fails_loudly_unless_allowed(capsys, monkeypatch, model_files, out):
+def test_variant_asked_for_by_name_fails_loudly_when_out_of_budget_unless_allowed(capsys, monkeypatch, model_files, out):
     monkeypatch.setitem(DEFAULT_BUDGETS["int8"], "min_cosine", 0.9999999)
     code, err = run_export(capsys, model_files["mlp"], out, "--formats", "onnx")
     assert code == 1
-    assert "accuracy check" in err and "int8" in err and "below the int8 budget 0.9999999 by" in err
+    assert "you asked for (onnx int8)" in err and "below the int8 budget 0.9999999 by" in err
     assert "--allow-out-of-budget" in err
     assert_nothing_written(out)
     code, err = run_export(capsys, model_files["mlp"], out, "--formats", "onnx", "--allow-out-of-budget")
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert {v["precision"]: v["within_budget"] for v in manifest["variants"]} == {"fp32": True, "fp16": True, "int8": False}
+    assert (out / "model.int8.onnx").is_file()
+
+
+def test_default_variant_out_of_budget_is_left_out_with_its_reason(capsys, monkeypatch, model_files, out):
+    monkeypatch.setitem(DEFAULT_BUDGETS["int8"], "min_cosine", 0.9999999)
+    code, err = run_export(capsys, model_files["mlp"], out)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    int8 = {v["format"]: v for v in manifest["variants"] if v["precision"] == "int8"}
+    assert {fmt: v["status"] for fmt, v in int8.items()} == {"onnx": "out_of_budget", "openvino": "out_of_budget"}
+    assert int8["onnx"]["file"] is None and not (out / "model.int8.onnx").exists()
+    assert "below the int8 budget" in int8["onnx"]["problems"][0]
+
+
+def test_a_tool_crash_costs_one_variant_not_the_export(capsys, monkeypatch, model_files, out):
+    from portable_ep.exporters import openvino_variants
+
+    def crash(*args, **kwargs):
+        raise ValueError("The truth value of an array with more than one element is ambiguous.\nsecond line")
+
+    monkeypatch.setattr(openvino_variants, "quantize_int8", crash)
+    code, err = run_export(capsys, model_files["mlp"], out)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    failed = [v for v in manifest["variants"] if v["status"] == "failed"]
+    assert [(v["format"], v["precision"]) for v in failed] == [("openvino", "int8")]
+    assert failed[0]["error"] == "ValueError: The truth value of an array with more than one element is ambiguous."
+    assert "Traceback" not in err
+    # Asked for by name, the same crash fails the export with that one line.
+    code, err = run_export(capsys, model_files["mlp"], out, "--overwrite", "--precisions", "fp32,int8")
+    assert code == 1 and "openvino int8: failed: ValueError: The truth value" in err
 
 
 def test_existing_bundle_is_not_overwritten_by_accident(capsys, model_files, out):

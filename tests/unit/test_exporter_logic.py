@@ -40,9 +40,22 @@ def test_zero_rows_compare_as_equal_only_to_zero_rows():
 
 
 def test_violations_name_output_amount_and_budget():
-    acc = compare_output(np.array([[1.0, 2.0]]), np.array([[1.5, 2.0]]), is_logits=False)
+    acc = compare_output(np.array([[0.5, 1.0]]), np.array([[1.0, 1.0]]), is_logits=False)
     lines = budget_violations("logits", acc, DEFAULT_BUDGETS["fp16"], "fp16")
     assert any("output 'logits': max abs error 0.5 exceeds the fp16 budget 0.01 by 0.49" in line for line in lines)
+
+
+def test_abs_budget_scales_with_the_output():
+    # Pixel coordinates up to 640: 1.2e-4 off is 2e-7 relative, within fp32; 0.1 off is not.
+    golden = np.array([[640.0, 12.5, 300.0]])
+    close = compare_output(golden, golden + np.array([[1.2e-4, 0, 0]]))
+    assert close.scale == 640.0 and budget_violations("boxes", close, DEFAULT_BUDGETS["fp32"], "fp32") == []
+    far = compare_output(golden, golden + np.array([[0.1, 0, 0]]))
+    (line,) = [l for l in budget_violations("boxes", far, DEFAULT_BUDGETS["fp32"], "fp32") if "max abs" in l]
+    assert "fp32 budget 0.0001 x max(1, max |reference| = 640)" in line
+    # Below 1 the limit is the budget itself.
+    small = compare_output(np.array([[0.5]]), np.array([[0.5 + 2e-4]]))
+    assert budget_violations("p", small, DEFAULT_BUDGETS["fp32"], "fp32")
 
 
 def test_int8_budget_has_no_absolute_limit():

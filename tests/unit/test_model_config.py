@@ -82,9 +82,11 @@ def test_bad_parameters_and_missing_files(tmp_path, model_files):
         load_model(parse_model_config(_hand_written(unservable)), tmp_path)
 
 
-def test_config_without_tensors_or_with_reshape_is_refused():
+def test_config_without_tensors_is_refused_and_reshape_is_what_the_backend_sees():
     with pytest.raises(ModelConfigError, match="must list its inputs and outputs"):
         parse_model_config({"name": "m", "backend": "portable_ep"})
+    # Triton hands the backend the reshaped tensor (a batched scalar is dims [1] + reshape []).
     config = _hand_written(MLP_PBTXT.replace("dims: [ 16 ]", "dims: [ 16 ] reshape { shape: [ 4, 4 ] }"))
-    with pytest.raises(ModelConfigError, match="'reshape' is not supported"):
-        parse_model_config(config)
+    assert parse_model_config(config).inputs[0].dims == (4, 4)
+    config = _hand_written(MLP_PBTXT.replace("dims: [ 16 ]", "dims: [ 1 ] reshape { shape: [ ] }"))
+    assert parse_model_config(config).inputs[0].dims == ()
