@@ -51,7 +51,7 @@ class ExportOptions:
     #: Variants the user named (--precisions / --formats given): export fails when one of them
     #: cannot be built or misses its budget. Variants asked for by default are dropped instead.
     required: bool = False
-    opset: int = onnx_variants.DEFAULT_OPSET
+    opset: Optional[int] = None  # Hugging Face sources: None is optimum's choice for the architecture
     calibration: Optional[str] = None  # a .npz of inputs; generated when None
     golden: Optional[str] = None  # a .npz of the user's golden inputs; generated when None
     input_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # --input-shape NAME=AxBxC
@@ -75,7 +75,7 @@ class ExportOptions:
             raise ExportError(f"unknown format(s) {', '.join(unknown)}; export writes {', '.join(FORMATS)}")
         if self.int8_mode not in INT8_MODES:
             raise ExportError(f"unknown int8 mode {self.int8_mode!r}; choose {' or '.join(INT8_MODES)}")
-        if self.opset not in onnx_variants.HF_OPSETS:
+        if self.opset is not None and self.opset not in onnx_variants.HF_OPSETS:
             r = onnx_variants.HF_OPSETS
             raise ExportError(f"opset {self.opset} is not supported for export from PyTorch; choose {r.start}..{r.stop - 1}")
         for label, value in (("calibration samples", self.calibration_samples), ("reference samples", self.reference_samples),
@@ -121,7 +121,7 @@ class _Exporter:
 
             with self.stages.stage("load Hugging Face model"):
                 self.hf = HuggingFaceModel(self.source)
-            with self.stages.stage(f"export fp32 ONNX (opset {self.options.opset})"):
+            with self.stages.stage(f"export fp32 ONNX (optimum, opset {self.options.opset or 'default'})"):
                 self.hf.export_onnx(dest, self.options.opset)
             if self.hf.vocab_size:
                 self.vocab_sizes = {"input_ids": int(self.hf.vocab_size)}

@@ -166,14 +166,24 @@ def generate_inputs(
 def _sizes(signature: Signature, batch: int, sequence_length: int, dim_sizes: Mapping[str, int],
            shapes: Mapping[str, Sequence[int]]) -> Dict[str, int]:
     overrides: Dict[str, int] = {"*": sequence_length, **dim_sizes}
+    if signature.batchable is False and Signature(signature.inputs, signature.outputs).batched:
+        # Shapes that say "batch" on a model export found cannot batch: one sample is a batch of 1.
+        for spec in signature.inputs:
+            overrides.setdefault(spec.shape[0], 1)
     for spec in signature.inputs:
         # An input's --input-shape names the size of each of its symbolic dims.
         for dim, size in zip(spec.shape, shapes.get(spec.name, ())):
             if isinstance(dim, str):
                 overrides[dim] = int(size)
-        # Spatial dims of image-like inputs default to 224, not the sequence length.
+        # Spatial dims of image-like inputs default to 224, not the sequence length; a symbolic
+        # channel dim (optimum writes "num_channels") is RGB.
         if spec.dtype.kind == "f" and len(spec.shape) == 4:
-            guess = tuple(d if isinstance(d, int) else 224 for d in spec.shape)
+            for axis in (1, 3):
+                dim = spec.shape[axis]
+                if isinstance(dim, str) and "channel" in dim.lower():
+                    overrides.setdefault(dim, 3)
+            guess = tuple(d if isinstance(d, int) else overrides.get(d, 224) if "channel" in d.lower() else 224
+                          for d in spec.shape)
             layout = synthetic.is_image_shape(guess)
             axes = (2, 3) if layout == "nchw" else (1, 2) if layout == "nhwc" else ()
             for axis in axes:

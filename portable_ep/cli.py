@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "asked for by default that cannot be built or misses its budget is left out with its reason, one "
                         "named here fails the export)")
     export.add_argument("--formats", help="onnx, openvino (default: both; named formats must all succeed, like --precisions)")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset for Hugging Face sources (default: %(default)s)")
+    export.add_argument("--opset", type=int, help="ONNX opset for Hugging Face sources, 14..20 (default: optimum's "
+                        "recommendation for the architecture, e.g. 18 for BERT)")
     calib = export.add_mutually_exclusive_group()
     calib.add_argument("--calibration", metavar="FILE.npz", help="int8 calibration inputs, arrays keyed by input name")
     calib.add_argument("--calibration-samples", type=int, default=32, metavar="N",
