@@ -56,7 +56,8 @@ class ExportOptions:
     golden: Optional[str] = None  # a .npz of the user's golden inputs; generated when None
     input_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # --input-shape NAME=AxBxC
     calibration_samples: int = 32
-    reference_samples: int = 16
+    # 32: with 16, one flipped sample already puts top-1 agreement (0.9375) under the int8 budget of 0.95.
+    reference_samples: int = 32
     sequence_length: int = 128
     int8_mode: str = "static"
     allow_out_of_budget: bool = False

@@ -14,9 +14,8 @@ MIN_OPSET = 13
 OLDEST_CONVERTIBLE_OPSET = 7
 # Above this an ONNX file must keep its weights in external data (protobuf's 2 GB limit).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
-# torch's TorchScript exporter (dynamo=False) writes opsets up to 20.
+# torch's TorchScript exporter (dynamo=False, what optimum uses) writes opsets up to 20.
 HF_OPSETS = range(14, 21)
-DEFAULT_OPSET = 17
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 
 

@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--input-shape", action="append", default=[], metavar="NAME=AxBxC",
                         help="shape of generated values for one input, repeatable, e.g. x=1x3x48x320 (the batch dim of a "
                         "batched model is replaced by the sample count)")
-    export.add_argument("--reference-samples", type=int, default=16, metavar="N", help="golden samples (default: %(default)s)")
+    export.add_argument("--reference-samples", type=int, default=32, metavar="N", help="golden samples (default: %(default)s)")
     export.add_argument("--sequence-length", type=int, default=128, metavar="N",
                         help="sequence length of generated text inputs (default: %(default)s)")
     export.add_argument("--int8-mode", choices=("static", "dynamic"), default="static",

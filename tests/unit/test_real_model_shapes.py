@@ -101,7 +101,7 @@ def test_batching_is_measured_not_read_off_the_shapes(tmp_path, capsys):
     assert manifest["signature"]["batched"] is False
     assert "for a batch of 2" in manifest["batching"]["reason"]
     with np.load(tmp_path / "out" / "reference" / "inputs.npz") as data:
-        assert data["x"].shape == (16, 1, 4)  # 16 samples, each the model's own (1, 4)
+        assert data["x"].shape == (32, 1, 4)  # 32 samples, each the model's own (1, 4)
 
 
 def test_samples_layout_round_trips():
