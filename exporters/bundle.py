@@ -128,6 +128,9 @@ class _Exporter:
                 self.vocab_sizes = {"input_ids": int(self.hf.vocab_size)}
             self.text = self.hf.tokenized_corpus()
             self.dim_sizes = dict(getattr(self.hf, "dim_sizes", {}) or {})
+            if self.source.task != "audio-classification":
+                # Text length is the user's --sequence-length; optimum's suggestion is only for audio samples.
+                self.dim_sizes.pop("sequence_length", None)
             self.hints = dict(getattr(self.hf, "input_hints", {}) or {})
             model = onnx_variants.load_checked(dest)
             self.original = dest

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 SEQUENCE = 16
-STATIC_SHAPES = f"input_ids:1x{SEQUENCE},attention_mask:1x{SEQUENCE}"
+# optimum exports BERT with token_type_ids as a third input.
+STATIC_SHAPES = f"input_ids:1x{SEQUENCE},attention_mask:1x{SEQUENCE},token_type_ids:1x{SEQUENCE}"
 
 
 def repository_options() -> dict:

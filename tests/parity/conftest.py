@@ -29,7 +29,7 @@ LOCAL_MODELS = {
     "parity_openvino_bf16": ("openvino", "bf16", {}),
     # An NPU compiles one static shape: batch 1, the sequence fixed, so Triton never stacks requests.
     "parity_npu_int8": ("npu", "int8", {"max_batch_size": 1, "parameters": {
-        "npu.static_shapes": f"input_ids:1x{SEQUENCE},attention_mask:1x{SEQUENCE}"}}),
+        "npu.static_shapes": f"input_ids:1x{SEQUENCE},attention_mask:1x{SEQUENCE},token_type_ids:1x{SEQUENCE}"}}),
 }
 
 
