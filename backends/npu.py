@@ -34,6 +34,7 @@ from portable_ep.backends.base import (
     select_variant,
 )
 from portable_ep.backends.cache_dirs import cache_dir_option
+from portable_ep.backends.openvino_cpu import infer_or_recompile
 
 INSTALL_HINT = "pip install 'portable-ep[openvino]'"
 PRECISIONS = ("int8", "fp16")
@@ -151,8 +152,10 @@ def check_npu_contract(model) -> None:
 class NpuSession(Session):
     """A model compiled for the NPU (or its CPU emulation) with fixed input shapes."""
 
-    def __init__(self, compiled, precision: str, device: str, description: str):
-        self._compiled = compiled
+    def __init__(self, compile_model, precision: str, device: str, description: str):
+        #: Compiles the model again (after a failed request, see infer_or_recompile).
+        self._compile = compile_model
+        self._compiled = compiled = compile_model()
         self._request = compiled.create_infer_request()
         self.provider = "npu"
         self.precision = precision
@@ -161,7 +164,8 @@ class NpuSession(Session):
         self.inputs = [_tensor_info(p) for p in compiled.inputs]
         self.outputs = [_tensor_info(p) for p in compiled.outputs]
         self._static_shapes = {info.name: tuple(info.shape) for info in self.inputs}
-        self._output_ports = [(info.name, port) for info, port in zip(self.outputs, compiled.outputs)]
+        # By index, not port object: the ports change when the model is compiled again.
+        self._output_ports = [(info.name, index) for index, info in enumerate(self.outputs)]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
         # An NPU graph runs exactly one shape; say so instead of letting the runtime
@@ -173,12 +177,13 @@ class NpuSession(Session):
                     f"input {name!r} has shape {list(array.shape)} but the npu model is compiled for the static shape "
                     f"{list(static)}; send exactly that shape (batch size {static[0] if static else '-'} per request)"
                 )
-        results = self._request.infer(dict(feeds))
+        results = infer_or_recompile(self, feeds)
         return {name: results[port] for name, port in self._output_ports}
 
     def close(self) -> None:
         self._request = None
         self._compiled = None
+        self._compile = None
 
 
 def _tensor_info(port) -> TensorInfo:
@@ -242,18 +247,17 @@ class NpuProvider(Provider):
             config["CACHE_DIR"] = str(cache)
         version = ov.get_version().split("-")[0]
         if real_npu:
-            compiled = core.compile_model(model, "NPU", config)
-            device, where = "npu", f"NPU ({_full_name(core, 'NPU')})"
+            target, device, where = "NPU", "npu", f"NPU ({_full_name(core, 'NPU')})"
         else:
             # The contract above is what emulation checks; the arithmetic is the CPU's, with
             # float parts pinned to f32 (OpenVINO would otherwise pick bf16, see FACTS.md).
             config["INFERENCE_PRECISION_HINT"] = "f32"
-            compiled = core.compile_model(model, "CPU", config)
-            device, where = EMULATED_DEVICE, f"npu (emulated on CPU: {_full_name(core, 'CPU')}; no NPU device)"
+            target, device, where = "CPU", EMULATED_DEVICE, f"npu (emulated on CPU: {_full_name(core, 'CPU')}; no NPU device)"
         description = f"OpenVINO {version} on {where}, {request.precision}, {variant.path.name}"
-        if cache is not None and _loaded_from_cache(compiled):
-            description += f", compiled blob from cache {cache}"
-        return NpuSession(compiled, request.precision, device, description)
+        session = NpuSession(lambda: core.compile_model(model, target, config), request.precision, device, description)
+        if cache is not None and _loaded_from_cache(session._compiled):
+            session.description += f", compiled blob from cache {cache}"
+        return session
 
 
 def _loaded_from_cache(compiled) -> bool:

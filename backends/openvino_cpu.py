@@ -53,29 +53,50 @@ def _shape_of(partial_shape) -> tuple:
     return tuple(d.get_length() if d.is_static else None for d in partial_shape)
 
 
+def infer_or_recompile(session, feeds: Mapping[str, np.ndarray]):
+    """``session._request.infer(feeds)``; after any failure the session is compiled afresh.
+
+    A failed infer() leaves the CPU plugin's graph (shared by every InferRequest of the
+    compiled model) with half-updated shapes: a 3×2×2 image sent to a CNN, and every
+    32×32 image after it failed too, even from a fresh InferRequest (measured with
+    OpenVINO 2026.4, FACTS.md). Only a new compiled model served again, so that is what
+    a failure costs: one compile of the model already in memory (18 ms for a tiny CNN),
+    paid by the bad request, never by the next good one.
+    """
+    try:
+        return session._request.infer(dict(feeds))
+    except Exception:
+        session._compiled = session._compile()
+        session._request = session._compiled.create_infer_request()
+        raise
+
+
 class OpenVINOSession(Session):
     def __init__(self, ov, model_path, config: Mapping[str, str], precision: str):
         core = ov.Core()
         model = core.read_model(str(model_path))
-        self._compiled = core.compile_model(model, "CPU", dict(config))
+        self._compile = lambda: core.compile_model(model, "CPU", dict(config))
+        self._compiled = self._compile()
         self._request = self._compiled.create_infer_request()
         self.provider = "openvino"
         self.precision = precision
         self.device = "cpu"
         self.inputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in self._compiled.inputs]
         self.outputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in self._compiled.outputs]
-        self._output_ports = [(info.name, port) for info, port in zip(self.outputs, self._compiled.outputs)]
+        # By index, not port object: the ports change when the model is compiled again.
+        self._output_ports = [(info.name, index) for index, info in enumerate(self.outputs)]
         actual = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.description = f"OpenVINO {ov.get_version().split('-')[0]} on CPU, {precision} (inference precision {actual}), {model_path.name}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
-        results = self._request.infer(dict(feeds))
+        results = infer_or_recompile(self, feeds)
         # infer() copies outputs (share_outputs=False), so they outlive the next call.
         return {name: results[port] for name, port in self._output_ports}
 
     def close(self) -> None:
         self._request = None
         self._compiled = None
+        self._compile = None
 
 
 class OpenVINOCpuProvider(Provider):

@@ -19,17 +19,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from portable_ep.backends.artifacts import FORMATS
+from portable_ep.backends.artifacts import FORMATS, MANIFEST_NAME
 from portable_ep.exporters import onnx_variants, openvino_variants
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS
 from portable_ep.exporters.errors import ExportError, one_line as first_line
 from portable_ep.exporters.inputs import check_inputs, generate_inputs, load_inputs, vocab_sizes_from_onnx
 from portable_ep.exporters.samples import Feeds, rows, take, to_unbatched
-from portable_ep.exporters.manifest import file_entry, now_utc, tool_versions, write_manifest
+from portable_ep.exporters.manifest import file_entry, now_utc, sha256_of, tool_versions, write_manifest
 from portable_ep.exporters.progress import Stages
 from portable_ep.exporters.signature import Signature, signature_from_onnx
 from portable_ep.exporters.sources import Source, resolve_source
 from portable_ep.exporters.verify import measure, run_variant
+from portable_ep.python_backend.request_limits import ROBERTA_POSITION_OFFSET, limits_from_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("static", "dynamic")
@@ -145,7 +146,25 @@ class _Exporter:
         self.signature = signature_from_onnx(model)
         if self.source.kind == "onnx":
             self.vocab_sizes = vocab_sizes_from_onnx(model, self.signature)
+        self.limits = self.request_limits(model)
         return dest
+
+    def request_limits(self, model) -> dict:
+        """Vocabularies and the longest sequence, for the backend's request checks (manifest ``limits``)."""
+        inputs = self.signature.inputs
+        limits = limits_from_onnx(model, {s.name: s.shape for s in inputs}, [s.name for s in inputs if s.dtype.kind in "iu"])
+        limits["vocab_sizes"] = {**limits["vocab_sizes"], **self.vocab_sizes}
+        config = self.hf.config if self.hf is not None else {}
+        if limits.get("max_dims") and "roberta" in str(config.get("model_type", "")):
+            symbol, rows = next(iter(limits["max_dims"].items()))
+            limits["max_dims"] = {symbol: rows - ROBERTA_POSITION_OFFSET}
+            limits["origin"] = "the model's position table, less RoBERTa's padding offset"
+        for symbol, longest in (limits.get("max_dims") or {}).items():
+            # A model with a short position table (64 rows) cannot take the default 128 tokens.
+            if self.options.sequence_length > longest and symbol not in self.dim_sizes:
+                self.dim_sizes[symbol] = int(longest)
+                self.hints[symbol] = f"{longest} (the position table's length; --sequence-length was {self.options.sequence_length})"
+        return limits
 
     def restore_original_opset(self, reason: str) -> None:
         """The upgraded graph answered differently from the file it came from: keep the file as it was."""
@@ -421,6 +440,7 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
         "source": source_entry,
         "signature": signature,
         "batching": exporter.batching,
+        "limits": exporter.limits,
         "budgets": {p: DEFAULT_BUDGETS[p] for p in DEFAULT_BUDGETS},
         "variants": variants,
         "reference": {"inputs": "reference/inputs.npz", "outputs": "reference/outputs.npz",
@@ -436,8 +456,24 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                        "hints": exporter.hints},
         "tools": tool_versions(),
     }
+    manifest["files"] = bundle_file_sums(work, variants)
     write_manifest(work, manifest)
     return ExportResult(out, manifest, problems)
+
+
+def bundle_file_sums(work: Path, variants: List[dict]) -> Dict[str, str]:
+    """sha256 of every file in the bundle (the backend and `portable-ep verify` check them)."""
+    sums = {}
+    for entry in variants:
+        if entry.get("file") and entry.get("sha256"):
+            sums[entry["file"]] = entry["sha256"]
+            if entry.get("weights_file"):
+                sums[entry["weights_file"]] = entry["weights_sha256"]
+    for path in sorted(work.rglob("*")):
+        relative = str(path.relative_to(work))
+        if path.is_file() and relative not in sums and path.name != MANIFEST_NAME:
+            sums[relative] = sha256_of(path)
+    return sums
 
 
 def _origin_summary(origins: Dict[str, str]) -> str:

@@ -36,3 +36,25 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
     if summary and summary not in text:
         text = f"{text} ({summary.lstrip('- ')})"
     return f"{type(exc).__name__}: {text}"[:limit]
+
+
+# ONNX Runtime's status prefix ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ") and the C++
+# signatures its checks print ("void onnxruntime::BroadcastIterator::Append(ptrdiff_t, ptrdiff_t)").
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_CPP_SIGNATURE = re.compile(r"\b((void|bool|int|auto|size_t|Status|common::Status)\s+)?[\w:<>~]+::[\w~]+\([^()]*\)\s*(const\s*)?")
+
+
+def runtime_cause(exc: BaseException, limit: int = 300) -> str:
+    """A runtime's failure as one bounded line that keeps the cause.
+
+    Runtimes put the cause last: OpenVINO's first lines are only "Exception from
+    src/inference/...", ONNX Runtime's message ends with the kernel's "Status Message".
+    So every meaningful line is kept, and when the text is too long its middle is cut,
+    never its end.
+    """
+    lines = [" ".join(_CPP_SIGNATURE.sub("", _ORT_PREFIX.sub("", line)).split()) for line in meaningful_lines(str(exc))]
+    text = " | ".join(line for line in lines if line) or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return text[:head].rstrip() + " … " + text[-(limit - head - 3):].lstrip()

@@ -1,7 +1,6 @@
 """manifest.json: what the bundle holds and how accurate each variant measured (docs/bundle.md)."""
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from importlib import metadata
@@ -9,16 +8,9 @@ from pathlib import Path
 from typing import Dict, Iterable
 
 from portable_ep.backends.artifacts import MANIFEST_NAME, MANIFEST_SCHEMA_VERSION
+from portable_ep.backends.integrity import sha256_of  # noqa: F401  (bundle writers import it from here)
 
 TOOLS = ("portable-ep", "onnx", "onnxruntime", "openvino", "nncf", "torch", "transformers")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def variant_files(root: Path, file: str) -> Iterable[Path]:

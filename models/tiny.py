@@ -4,7 +4,12 @@
 - ``static_mlp``: the same perceptron with a fixed batch dim (``x [1, 16]``), the shape an NPU compiles;
 - ``identity``: ``x [batch, N]`` → ``y``, the floor for measuring serving overhead;
 - ``bag_of_words``: INT64 ``input_ids`` / ``attention_mask [batch, seq]`` → ``logits [batch, 3]``,
-  a text classifier with a variable sequence length and a vocabulary to overrun.
+  a text classifier with a variable sequence length and a vocabulary to overrun; with
+  ``max_positions`` it adds a position table (``position_embeddings``), as BERT does, so it has
+  a longest sequence too;
+- ``conv_net``: FP32 ``image [batch, 3, height, width]`` → ``logits [batch, 5]``, two strided
+  convolutions and a dense layer sized for 32×32 images: any other size fails inside the
+  runtime (the way a real detector fails on an image smaller than its stride).
 """
 from __future__ import annotations
 
@@ -71,15 +76,16 @@ def build_identity(path, features: int = 16) -> Path:
     return _save(graph, path)
 
 
-def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, classes: int = 3) -> Path:
-    """Mean of token embeddings under the attention mask, then a linear classifier."""
+def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, classes: int = 3,
+                       max_positions: int = 0) -> Path:
+    """Mean of token (plus position) embeddings under the attention mask, then a linear classifier."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     table = rng.standard_normal((vocab, embed)).astype(np.float32)
     weight = rng.standard_normal((embed, classes)).astype(np.float32) / np.sqrt(embed)
     nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["emb"]),  # [b, s, e]
+        helper.make_node("Gather", ["table", "input_ids"], ["emb" if not max_positions else "token_emb"]),  # [b, s, e]
         helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),  # [b, s]
         helper.make_node("Unsqueeze", ["maskf", "axis_last"], ["mask3"]),  # [b, s, 1]
         helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
@@ -96,6 +102,19 @@ def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, c
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_seq"),
         numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
     ]
+    if max_positions:
+        positions = rng.standard_normal((max_positions, embed)).astype(np.float32) * 0.1
+        initializers += [numpy_helper.from_array(positions, "position_embeddings"),
+                         numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+                         numpy_helper.from_array(np.array(1, dtype=np.int64), "one_step")]
+        nodes[:0] = [
+            helper.make_node("Shape", ["input_ids"], ["ids_shape"], start=1, end=2),
+            helper.make_node("Squeeze", ["ids_shape"], ["seq_len"]),
+            helper.make_node("Range", ["zero", "seq_len", "one_step"], ["position_ids"]),
+            # Gather clamps nothing: a sequence longer than the table fails in the runtime.
+            helper.make_node("Gather", ["position_embeddings", "position_ids"], ["pos_emb"]),  # [s, e]
+        ]
+        nodes.insert(5, helper.make_node("Add", ["token_emb", "pos_emb"], ["emb"]))
     graph = helper.make_graph(
         nodes,
         "bag_of_words",
@@ -109,4 +128,32 @@ def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, c
     return _save(graph, path)
 
 
-BUILDERS = {"mlp": build_mlp, "static_mlp": build_static_mlp, "identity": build_identity, "bag_of_words": build_bag_of_words}
+def build_conv_net(path, seed: int = 0, size: int = 32, classes: int = 5) -> Path:
+    """Conv(3→8, 3×3, stride 2) → Relu → Conv(8→8, 3×3, stride 2) → Relu → Flatten → dense for ``size``² images."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    side = ((size - 3) // 2 + 1 - 3) // 2 + 1  # 32 → 15 → 7
+    k1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) / np.sqrt(27)
+    k2 = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) / np.sqrt(72)
+    dense = rng.standard_normal((8 * side * side, classes)).astype(np.float32) / np.sqrt(8 * side * side)
+    nodes = [
+        helper.make_node("Conv", ["image", "k1"], ["c1"], strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "k2"], ["c2"], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "dense"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(a, n) for a, n in ((k1, "k1"), (k2, "k2"), (dense, "dense"))],
+    )
+    return _save(graph, path)
+
+
+BUILDERS = {"mlp": build_mlp, "static_mlp": build_static_mlp, "identity": build_identity, "bag_of_words": build_bag_of_words,
+            "conv_net": build_conv_net}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -62,7 +63,36 @@ def _cmd_serve(args) -> int:
         tritonserver=args.tritonserver,
         backend_directory=args.backend_directory,
         quiet=args.quiet,
+        supervise=not args.no_supervise,
     )
+
+
+def _cmd_supervise(args) -> int:
+    import signal
+    import threading
+
+    from portable_ep.supervisor import ModelSupervisor, find_server_pid
+
+    host, _, port = args.url.rpartition(":")
+    pid = args.pid or find_server_pid(int(port) if port.isdigit() else None)
+    supervisor = ModelSupervisor(args.url, pid, log=lambda line: print(line, flush=True)).start()
+    print(f"portable-ep: supervising tritonserver pid {pid} at {args.url}; Ctrl-C stops", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.wait(0.5) and os.path.exists(f"/proc/{pid}"):
+        pass
+    supervisor.stop()
+    if not os.path.exists(f"/proc/{pid}"):
+        print(f"portable-ep: tritonserver pid {pid} is gone; supervisor stopping", flush=True)
+        return 1
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from portable_ep.verify_bundle import verify_bundle
+
+    return verify_bundle(args.bundle, as_json=args.json)
 
 
 def _csv(value: str) -> list:
@@ -235,7 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend-directory", metavar="DIR", help="a backend directory laid out by `portable-ep backend "
                        "install` (default: a fresh one per run)")
     serve.add_argument("--quiet", action="store_true", help="do not echo the server log")
+    serve.add_argument("--no-supervise", action="store_true",
+                       help="do not supervise the models (by default a model whose python stub dies is reloaded "
+                       "within seconds, and reports not ready until then; that needs Triton's explicit model control)")
     serve.set_defaults(handler=_cmd_serve)
+
+    supervise = verbs.add_parser(
+        "supervise",
+        help="reload models whose python stub died, for a Triton started elsewhere",
+        description="Watch a tritonserver on this host (same pid namespace) and, when a model's python stub dies "
+        "(OOM kill, segfault), unload the model at once (so it and /v2/health/ready report not ready) and load it "
+        "again. The server must run with --model-control-mode=explicit. `portable-ep serve` does this itself.",
+    )
+    supervise.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP address (default: %(default)s)")
+    supervise.add_argument("--pid", type=int, help="tritonserver's pid (default: the one tritonserver on this host)")
+    supervise.set_defaults(handler=_cmd_supervise)
+
+    verify = verbs.add_parser(
+        "verify",
+        help="check every file of a bundle against the sha256 in its manifest",
+        description="Hash every file a bundle's manifest.json records and compare (no cache: every byte is read). "
+        "Exit 0 when all match, 1 naming each file that is missing or differs. The backend does the same for the "
+        "files it loads, and refuses a model whose files do not match.",
+    )
+    verify.add_argument("bundle", metavar="BUNDLE", help="a bundle folder (or a model version folder holding one)")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(handler=_cmd_verify)
 
     export = verbs.add_parser(
         "export",

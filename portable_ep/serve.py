@@ -38,6 +38,7 @@ def serve(
     backend_directory: Optional[str] = None,
     quiet: bool = False,
     ready_timeout: float = 300.0,
+    supervise: bool = True,
 ) -> int:
     console = make_console(stderr=True)
     server = TritonServer(
@@ -49,6 +50,7 @@ def serve(
         tritonserver=tritonserver,
         backend_directory=backend_directory,
         echo=None if quiet else sys.stderr,
+        supervise=supervise,
     )
     stop = threading.Event()
 
@@ -65,6 +67,8 @@ def serve(
             f"portable-ep: ready -- HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
             f"(log: {server.log_path}); Ctrl-C stops"
         )
+        if supervise:
+            console.print("portable-ep: supervising the models: a model whose stub dies is reloaded, not ready until it serves again")
         while not stop.wait(0.5):
             if server.process.poll() is not None:
                 console.print(f"portable-ep: tritonserver exited with code {server.process.returncode}")

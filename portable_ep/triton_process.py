@@ -46,6 +46,7 @@ class TritonServer:
         log_path=None,
         echo: Optional[IO[str]] = None,
         extra_args: Sequence[str] = (),
+        supervise: bool = False,
     ):
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
@@ -62,6 +63,12 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else Path(self._workdir.name) / "tritonserver.log"
         self.echo = echo
         self.extra_args = list(extra_args)
+        #: Reload a model whose python stub died, readiness false meanwhile (portable_ep.supervisor);
+        #: needs explicit model control, so every model in the repository is loaded by name.
+        self.supervise = supervise
+        self.supervisor = None
+        if supervise:
+            self.extra_args = ["--model-control-mode=explicit", "--load-model=*", *self.extra_args]
         self.process: Optional[subprocess.Popen] = None
         self._log_thread: Optional[threading.Thread] = None
 
@@ -109,7 +116,19 @@ class TritonServer:
         self._log_thread = threading.Thread(target=self._pump_log, daemon=True)
         self._log_thread.start()
         self.wait_ready(timeout)
+        if self.supervise:
+            from portable_ep.supervisor import ModelSupervisor
+
+            self.supervisor = ModelSupervisor(self.http_url, self.process.pid, log=self._log_line).start()
         return self
+
+    def _log_line(self, line: str) -> None:
+        """The supervisor's lines go where the server's output goes (echo) and into a log of their own."""
+        with open(self.log_path.with_name("supervisor.log"), "a") as log:
+            log.write(line + "\n")
+        if self.echo is not None:
+            self.echo.write(line + "\n")
+            self.echo.flush()
 
     def _pump_log(self) -> None:
         with open(self.log_path, "w") as log:
@@ -149,6 +168,9 @@ class TritonServer:
         raise TritonServerError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.failure_summary()}")
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
         self.process.terminate()  # SIGTERM: Triton unloads models and exits gracefully

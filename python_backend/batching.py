@@ -8,13 +8,15 @@ they form separate groups: one provider call per distinct shape.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from portable_ep.backends.base import Session
 from portable_ep.backends.dtypes import short_type_name
+from portable_ep.exporters.errors import runtime_cause
 from portable_ep.python_backend.model_config import ServingConfig, TensorSpec
+from portable_ep.python_backend.request_limits import RequestLimitError, RequestLimits
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -31,7 +33,7 @@ def _expected_text(spec: TensorSpec, batched: bool) -> str:
     return _shape_text((["batch"] if batched else []) + [d if d >= 0 else -1 for d in spec.dims])
 
 
-def shared_dimensions(session: Session, batched: bool) -> Dict[str, List[Tuple[str, int]]]:
+def shared_dimensions(session: Session, batched: bool, shapes: Optional[Mapping[str, Sequence]] = None) -> Dict[str, List[Tuple[str, int]]]:
     """Symbolic dims the model's inputs share, e.g. ``{"sequence": [("input_ids", 1), ("attention_mask", 1)]}``.
 
     config.pbtxt can only say -1; the model knows that both inputs' axis 1 is the
@@ -39,11 +41,12 @@ def shared_dimensions(session: Session, batched: bool) -> Dict[str, List[Tuple[s
     message instead of failing deep inside the runtime.
     """
     symbols: Dict[str, List[Tuple[str, int]]] = {}
-    for tensor in session.inputs:
-        for axis, dim in enumerate(tensor.shape):
+    shapes = shapes or {tensor.name: tensor.shape for tensor in session.inputs}
+    for name, shape in shapes.items():
+        for axis, dim in enumerate(shape):
             # "?" and "" are how exporters write an unnamed dim: two of them need not agree.
             if isinstance(dim, str) and dim.strip() not in ("?", "", "-1") and not (batched and axis == 0):
-                symbols.setdefault(dim, []).append((tensor.name, axis))
+                symbols.setdefault(dim, []).append((name, axis))
     return {symbol: uses for symbol, uses in symbols.items() if len(uses) > 1}
 
 
@@ -151,11 +154,15 @@ Result = Union[Dict[str, np.ndarray], Exception]
 class BatchExecutor:
     """Runs a list of requests on one session with as few provider calls as possible."""
 
-    def __init__(self, config: ServingConfig, session: Session):
+    def __init__(self, config: ServingConfig, session: Session, limits: Optional[RequestLimits] = None,
+                 log: Optional[Callable[[str], None]] = None, input_shapes: Optional[Mapping[str, Sequence]] = None):
         self.config = config
         self.session = session
+        self.limits = limits or RequestLimits()
+        #: Where a runtime's full error text goes (the server log); the client gets the cause line.
+        self.log = log
         self.output_dtypes = {spec.name: spec.dtype for spec in config.outputs}
-        self.shared_dims = shared_dimensions(session, config.batched)
+        self.shared_dims = shared_dimensions(session, config.batched, input_shapes)
         # Scalars of a model that does not batch travel as dims [1] (Triton has no rank 0 there).
         self.scalar_inputs = set() if config.batched else {t.name for t in session.inputs if len(t.shape) == 0}
         #: Provider calls made and requests they carried, for metrics and tests.
@@ -179,7 +186,11 @@ class BatchExecutor:
         pending: List[_Pending] = []
         for index, feeds in enumerate(requests):
             try:
-                pending.append(_Pending(index, feeds, validate_request(feeds, self.config, self.shared_dims)))
+                batch = validate_request(feeds, self.config, self.shared_dims)
+                self.limits.check(feeds, self.config.batched)
+                pending.append(_Pending(index, feeds, batch))
+            except RequestLimitError as exc:
+                results[index] = RequestError(str(exc))
             except RequestError as exc:
                 results[index] = exc
         for group in group_requests(pending, self.config.batched):
@@ -199,5 +210,7 @@ class BatchExecutor:
                 for p in group:
                     self._run_group([p], results)
                 return
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            results[group[0].index] = RequestError(f"{self.session.provider} failed on this request: {first_line}")
+            if self.log is not None:
+                shapes = ", ".join(f"{n} {_shape_text(a.shape)}" for n, a in group[0].feeds.items())
+                self.log(f"{self.session.provider} failed on a request of model {self.config.name!r} ({shapes}): {exc}")
+            results[group[0].index] = RequestError(f"{self.session.provider} failed on this request: {runtime_cause(exc)}")

@@ -3,6 +3,9 @@
 - ``portable_ep_model_info``: 1 for the provider, precision and runtime a model serves on;
 - ``portable_ep_provider_skipped``: 1 for each provider the chain skipped, with the reason
   (the fallback, and why);
+- ``portable_ep_model_restarts_total``: how often the supervisor reloaded the model after its
+  stub died (``portable-ep serve`` / ``supervise``), with ``portable_ep_model_last_restart_info``
+  naming the cause (signal or exit code);
 - ``portable_ep_requests_total`` / ``portable_ep_request_errors_total`` /
   ``portable_ep_executions_total`` / ``portable_ep_provider_seconds_total`` per provider.
 ``requests_total / executions_total`` is the mean number of requests per batch.
@@ -36,7 +39,7 @@ class _Counters:
 
 class BackendMetrics:
     def __init__(self, pb_utils, model: str, version: str, resolution: ChainResolution, precision: str,
-                 flush_interval_s: float = FLUSH_INTERVAL_S):
+                 flush_interval_s: float = FLUSH_INTERVAL_S, restarts: int = 0, restart_cause: str = ""):
         family = pb_utils.MetricFamily
         labels = {"model": model, "version": str(version), "provider": resolution.provider}
         # Keep every family and metric referenced: Triton drops a metric once its object is collected.
@@ -47,6 +50,8 @@ class BackendMetrics:
             "errors": family("portable_ep_request_errors_total", "Requests answered with an error", family.COUNTER),
             "executions": family("portable_ep_executions_total", "execute() calls (batches) handled", family.COUNTER),
             "seconds": family("portable_ep_provider_seconds_total", "Seconds spent in execute() batching and provider calls", family.COUNTER),
+            "restarts": family("portable_ep_model_restarts_total", "Reloads after the model's stub process died", family.COUNTER),
+            "last_restart": family("portable_ep_model_last_restart_info", "Why the model's stub last died (always 1)", family.GAUGE),
         }
         session = resolution.session
         self._info = self._families["info"].Metric(
@@ -66,6 +71,12 @@ class BackendMetrics:
             )
             metric.set(1)
             self._skipped.append(metric)
+        base = {"model": model, "version": str(version)}
+        self._restarts = self._families["restarts"].Metric(labels=base)
+        if restarts:
+            self._restarts.increment(restarts)
+            self._last_restart = self._families["last_restart"].Metric(labels={**base, "cause": restart_cause[:_REASON_LABEL_LIMIT]})
+            self._last_restart.set(1)
         self._requests = self._families["requests"].Metric(labels=labels)
         self._errors = self._families["errors"].Metric(labels=labels)
         self._executions = self._families["executions"].Metric(labels=labels)

@@ -21,7 +21,9 @@ from portable_ep.backends.base import Session
 from portable_ep.backends.registry import default_registry
 from portable_ep.backends.chain import split_provider_options
 from portable_ep.backends.dtypes import short_type_name
+from portable_ep.backends.integrity import verify_for_load
 from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
+from portable_ep.python_backend.request_limits import LimitConfigError, RequestLimits, build_limits, limits_from_onnx
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", AUTO)
 
@@ -68,6 +70,41 @@ class LoadedModel:
     chain: List[str]
     #: For ``precision: auto``, the line saying what was chosen and why.
     auto_reason: str = ""
+    limits: RequestLimits = RequestLimits()
+    #: Input shapes with their symbolic dim names (OpenVINO loses the names: the manifest keeps them).
+    input_shapes: Optional[dict] = None
+
+
+def _plain_onnx_limits(artifacts, shapes) -> dict:
+    """A hand-placed model.onnx has no manifest: read vocabularies and position table from the graph."""
+    if artifacts.onnx is None:
+        return {}
+    try:
+        import onnx
+    except ImportError:  # the serving images need not carry onnx; the limits are then config.pbtxt's alone
+        return {}
+    model = onnx.load(str(artifacts.onnx), load_external_data=False)
+    ints = [t.name for t in model.graph.input if t.type.tensor_type.elem_type in (6, 7, 12, 13)]  # int32/64, uint32/64
+    return limits_from_onnx(model, shapes, ints)
+
+
+def symbolic_input_shapes(artifacts, session: Session) -> dict:
+    """Input shapes with symbolic names: the manifest's signature, else what the runtime reports."""
+    signature = (artifacts.manifest or {}).get("signature") or {}
+    if signature.get("inputs"):
+        return {entry["name"]: tuple(entry["shape"]) for entry in signature["inputs"]}
+    return {t.name: tuple(t.shape) for t in session.inputs}
+
+
+def request_limits(config: ServingConfig, artifacts, shapes: dict) -> RequestLimits:
+    if artifacts.manifest is not None:
+        model_limits = artifacts.manifest.get("limits") or {}
+    else:
+        model_limits = _plain_onnx_limits(artifacts, shapes)
+    try:
+        return build_limits(config.parameters, shapes, model_limits)
+    except LimitConfigError as exc:
+        raise ModelConfigError(f"model {config.name!r}: {exc}") from None
 
 
 def load_model(
@@ -81,6 +118,8 @@ def load_model(
     if precision not in PRECISIONS:
         raise ModelConfigError(f"parameter precision={precision!r}; use one of {', '.join(PRECISIONS)}")
     artifacts = find_model_artifacts(version_dir)
+    if artifacts.manifest is not None:
+        verify_for_load(artifacts.root, artifacts.manifest)
     options = split_provider_options(config.parameters)
     registry = registry or default_registry()
     auto_reasons = {}
@@ -98,4 +137,11 @@ def load_model(
         resolution.session.close()
         raise ModelConfigError(f"config.pbtxt of model {config.name!r} does not match {artifacts.describe()}: " + "; ".join(problems))
     served = resolution.session.precision if precision == AUTO else precision
-    return LoadedModel(resolution=resolution, precision=served, chain=chain, auto_reason=auto_reasons.get(resolution.provider, ""))
+    shapes = symbolic_input_shapes(artifacts, resolution.session)
+    try:
+        limits = request_limits(config, artifacts, shapes)
+    except Exception:
+        resolution.session.close()
+        raise
+    return LoadedModel(resolution=resolution, precision=served, chain=chain,
+                       auto_reason=auto_reasons.get(resolution.provider, ""), limits=limits, input_shapes=shapes)

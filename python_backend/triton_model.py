@@ -27,6 +27,15 @@ def _check_numpy(logger) -> None:
         )
 
 
+def restart_note(parameters) -> tuple:
+    """(restarts so far, last cause) from the parameters the supervisor adds when it reloads a model."""
+    try:
+        count = int(parameters.get("restart_count") or 0)
+    except ValueError:
+        count = 0
+    return count, parameters.get("restart_cause", "")
+
+
 class TritonModel:
     def __init__(self, pb_utils):
         self.pb = pb_utils
@@ -47,8 +56,14 @@ class TritonModel:
         log.log_info(f"{where}: serving on provider {resolution.provider!r}: {resolution.session.description}")
         self.config = config
         self.session = resolution.session
-        self.executor = BatchExecutor(config, resolution.session)
-        self.metrics = BackendMetrics(pb, config.name, args["model_version"], resolution, loaded.precision)
+        log.log_info(f"{where}: request limits: {loaded.limits.describe()}")
+        self.executor = BatchExecutor(config, resolution.session, loaded.limits, log=log.log_error,
+                                      input_shapes=loaded.input_shapes)
+        restarts, cause = restart_note(config.parameters)
+        if restarts:
+            log.log_warn(f"{where}: restart {restarts} after the model's stub died: {cause}")
+        self.metrics = BackendMetrics(pb, config.name, args["model_version"], resolution, loaded.precision,
+                                      restarts=restarts, restart_cause=cause)
 
     def execute(self, requests):
         pb = self.pb

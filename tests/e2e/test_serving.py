@@ -109,8 +109,8 @@ BAD_REQUESTS = {
     # The two below pass Triton's own checks (dims are -1) and are caught by the backend.
     "empty tensor": ("bow_cpu", {"input_ids": np.zeros((1, 0), np.int64), "attention_mask": np.zeros((1, 0), np.int64)}, ["input_ids", "empty"]),
     "inputs disagree on sequence": ("bow_cpu", {"input_ids": np.zeros((1, 4), np.int64), "attention_mask": np.ones((1, 5), np.int64)}, ["sequence", "input_ids has 4", "attention_mask has 5"]),
-    # Passes every shape check; fails inside the runtime, for this request only.
-    "token id past the vocabulary": ("bow_cpu", {"input_ids": np.full((1, 4), 1000, np.int64), "attention_mask": np.ones((1, 4), np.int64)}, ["cpu failed on this request", "idx=1000"]),
+    # Passes every shape check; refused by the vocabulary check (read from the ONNX file) before the runtime.
+    "token id past the vocabulary": ("bow_cpu", {"input_ids": np.full((1, 4), 1000, np.int64), "attention_mask": np.ones((1, 4), np.int64)}, ["token id 1000", "the vocabulary has 100 ids"]),
 }
 
 

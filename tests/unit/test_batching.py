@@ -107,5 +107,6 @@ def test_a_request_that_breaks_the_runtime_fails_alone():
     results = executor.execute([good, bad, good])
     assert results[0]["y"].tolist() == results[2]["y"].tolist() == [[6.0]]
     assert isinstance(results[1], RequestError)
-    assert str(results[1]) == "fake failed on this request: negative id"
+    # The cause is kept whole: runtimes put it after their first line.
+    assert str(results[1]) == "fake failed on this request: negative id | second line of a long runtime error"
     assert session.calls[0] == (3, 3)  # first tried together, then one by one
