@@ -39,6 +39,7 @@ RESTART_COUNT = "restart_count"
 RESTART_CAUSE = "restart_cause"
 POLL_INTERVAL_S = 0.2
 MAX_BACKOFF_S = 30.0
+UNLOAD_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class ModelSupervisor:
         self.interval_s = interval_s
         self._client = httpclient.InferenceServerClient(http_url, connection_timeout=10, network_timeout=300)
         self._known = _Known()
+        self._pending: Dict[str, StubProcess] = {}  # model -> its dead stub, until the model is reloaded
         self.events: List[RestartEvent] = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -162,11 +164,14 @@ class ModelSupervisor:
 
     # -- detection -------------------------------------------------------------------
     def poll(self) -> List[RestartEvent]:
-        """One look at the stubs; restart the models whose stub died since the last look."""
+        """One look at the stubs; restart the models whose stub died since the last look.
+
+        A death stays pending until its model is reloaded: a restart that fails half-way
+        (the server busy, a timeout) is tried again at the next look, never forgotten.
+        """
         if not Path(f"/proc/{self.server_pid}").exists():
             return []
         stubs = find_stubs(self.server_pid)
-        dead: Dict[str, StubProcess] = {}
         known = self._known
         for pid, stub in stubs.items():
             if pid in known.handled:
@@ -177,16 +182,33 @@ class ModelSupervisor:
             known.handled.add(pid)
             seen = known.alive.pop(pid, None)
             if seen is not None:  # a zombie's cmdline is gone: name it from when it was alive
-                dead.setdefault(seen.model, StubProcess(pid, seen.model, seen.instance, stub.state, stub.wait_status))
+                self._pending.setdefault(seen.model, StubProcess(pid, seen.model, seen.instance, stub.state, stub.wait_status))
         for pid in [pid for pid in known.alive if pid not in stubs]:
             seen = known.alive.pop(pid)  # reaped by someone: dead, cause unknown
             known.handled.add(pid)
-            dead.setdefault(seen.model, StubProcess(pid, seen.model, seen.instance, "X", None))
-        return [self.restart(stub) for stub in dead.values()]
+            self._pending.setdefault(seen.model, StubProcess(pid, seen.model, seen.instance, "X", None))
+        events = []
+        for model, stub in list(self._pending.items()):
+            try:
+                events.append(self.restart(stub))
+            except Exception as exc:  # noqa: BLE001 - kept pending: tried again at the next look
+                self.log(f"portable-ep supervisor: model {model!r}: restart failed ({type(exc).__name__}: {exc}); trying again")
+                continue
+            del self._pending[model]
+        return events
 
     # -- recovery --------------------------------------------------------------------
     def _loaded_models(self) -> Dict[str, str]:
         return {m.get("name", ""): m.get("state", "") for m in self._client.get_model_repository_index()}
+
+    def _wait_unloaded(self, model: str, timeout_s: float = UNLOAD_TIMEOUT_S) -> None:
+        """Until the old instances are gone: loading beside them could double a device's memory."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self._loaded_models().get(model, "") not in ("READY", "UNLOADING"):
+                return
+            time.sleep(0.05)
+        self.log(f"portable-ep supervisor: model {model!r} still unloading after {timeout_s:.0f} s; loading it anyway")
 
     def restart(self, stub: StubProcess) -> RestartEvent:
         cause = describe_wait_status(stub.wait_status)
@@ -207,6 +229,7 @@ class ModelSupervisor:
         )
         self._client.unload_model(stub.model)  # not ready from here on, and so is the server
         self.events.append(event)
+        self._wait_unloaded(stub.model)
         backoff = 1.0
         while not self._stop.is_set():
             try:

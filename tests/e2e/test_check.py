@@ -20,7 +20,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def corrupt_int8(bundle):
-    """Flip the sign of the classifier's weights in the int8 variant; the manifest still says it is fine."""
+    """Flip the sign of the classifier's weights in the int8 variant; the manifest still says it is fine.
+
+    Its sha256 is recorded anew, as an exporter that built a wrong model would: the file is
+    intact (integrity passes), its answers are not (only the accuracy check can tell).
+    """
     import onnx
     from onnx import numpy_helper
 
@@ -31,6 +35,15 @@ def corrupt_int8(bundle):
     weight = max(weights, key=lambda i: np.prod(i.dims))  # not its zero point
     weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
     onnx.save(model, str(path))
+    from portable_ep.backends.integrity import sha256_of
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    digest = sha256_of(path)
+    manifest["files"][path.name] = digest
+    for variant in manifest["variants"]:
+        if variant.get("file") == path.name:
+            variant["sha256"] = digest
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope="module")

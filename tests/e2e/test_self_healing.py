@@ -22,7 +22,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from healing_models import (
+from portable_ep.models.healing import (
     HEALING_MODELS, MAX_POSITIONS, Reference, bow_request, bundle_of, conv_request, export_healing_bundles,
     write_healing_repository,
 )

@@ -1,4 +1,4 @@
-"""Bundles and a supervised repository for the self-healing tests and the soak benchmark.
+"""Bundles and a repository for the self-healing tests and the soak benchmark (benchmarks/soak.py).
 
 - ``bow``: a bag-of-words text classifier with a 64-row position table and 100 token ids,
   exported as a user would: the manifest records its vocabulary and longest sequence;
@@ -75,3 +75,36 @@ class Reference:
 
 def bundle_of(model: str) -> str:
     return HEALING_MODELS[model][0]
+
+
+def bad_request(kind: str, rng) -> tuple:
+    """(model, feeds) of one kind of bad request, for the soak's mix; each must be refused alone."""
+    ids = rng.integers(0, VOCAB, (1, 8), dtype=np.int64)
+    mask = np.ones((1, 8), np.int64)
+    if kind == "negative token id":
+        return "bow_cpu", {"input_ids": -1 - ids, "attention_mask": mask}
+    if kind == "token id past the vocabulary":
+        return "bow_openvino", {"input_ids": ids + VOCAB, "attention_mask": mask}
+    if kind == "sequence past the position table":
+        long = np.ones((1, MAX_POSITIONS + 5), np.int64)
+        return "bow_openvino", {"input_ids": long, "attention_mask": long}
+    if kind == "inputs disagree on the sequence":
+        return "bow_cpu", {"input_ids": ids, "attention_mask": np.ones((1, 9), np.int64)}
+    if kind == "NaN in an image":
+        image = conv_request(1, 0)["image"]
+        image[0, 0, 0, 0] = np.nan
+        return "conv_openvino", {"image": image}
+    if kind == "image smaller than the stride (runtime)":
+        return "conv_openvino", {"image": np.ones((1, 3, 2, 2), np.float32)}
+    if kind == "image of another size (runtime)":
+        return "conv_cpu", {"image": np.ones((1, 3, 40, 40), np.float32)}
+    if kind == "int32 for an int64 input":
+        return "bow_openvino", {"input_ids": ids.astype(np.int32), "attention_mask": mask}
+    raise KeyError(kind)
+
+
+BAD_KINDS = (
+    "negative token id", "token id past the vocabulary", "sequence past the position table",
+    "inputs disagree on the sequence", "NaN in an image", "image smaller than the stride (runtime)",
+    "image of another size (runtime)", "int32 for an int64 input",
+)

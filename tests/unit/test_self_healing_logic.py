@@ -1,0 +1,178 @@
+"""Pure logic behind self-healing serving: request limits, integrity, stub bookkeeping, error causes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from portable_ep.backends.integrity import IntegrityError, VerifiedCache, check_files, expected_sums, verify_for_load
+from portable_ep.exporters.errors import runtime_cause
+from portable_ep.python_backend.request_limits import (
+    DEFAULT_MAX_BYTES, LimitConfigError, RequestLimitError, build_limits, limits_from_onnx,
+)
+from portable_ep.supervisor import describe_wait_status, find_stubs
+
+SHAPES = {"input_ids": ("batch", "sequence"), "attention_mask": ("batch", "sequence")}
+MODEL_LIMITS = {"vocab_sizes": {"input_ids": 100}, "max_dims": {"sequence": 64}, "origin": "the model's position table"}
+
+
+def ids(values, sequence=None):
+    array = np.array(values, dtype=np.int64).reshape(1, -1)
+    return {"input_ids": array, "attention_mask": np.ones_like(array)}
+
+
+def test_defaults_come_from_the_model():
+    limits = build_limits({}, SHAPES, MODEL_LIMITS)
+    assert limits.max_bytes == DEFAULT_MAX_BYTES and limits.vocab_sizes == {"input_ids": 100}
+    assert limits.dims["sequence"].size == 64
+    assert set(limits.dims["sequence"].uses) == {("input_ids", 1), ("attention_mask", 1)}
+    limits.check(ids(range(64)), batched=True)  # the longest sequence, every id in range: fine
+
+
+@pytest.mark.parametrize("feeds, words", [
+    (ids([5, -1, 7]), ["token id -1", "[0, 1]", "100 ids"]),
+    (ids([5, 100]), ["token id 100", "[0, 1]", "(0..99)"]),
+    (ids([1] * 65), ["sequence 65", "limit of 64", "position table", "request.max_dim.sequence"]),
+    ({"x": np.array([[0.0, np.nan]], np.float32)}, ["'x'", "NaN", "[0, 1]", "request.check_finite"]),
+    ({"x": np.array([[np.inf]], np.float32)}, ["infinity"]),
+])
+def test_each_refusal_names_the_problem_and_the_option(feeds, words):
+    limits = build_limits({}, {**SHAPES, "x": ("batch", 2)}, MODEL_LIMITS)
+    with pytest.raises(RequestLimitError) as error:
+        limits.check(feeds, batched=True)
+    assert all(w in str(error.value) for w in words), str(error.value)
+
+
+def test_config_parameters_override_and_switch_off():
+    parameters = {"request.max_dim.sequence": "16", "request.max_bytes": "1000", "request.max_elements": "20",
+                  "request.check_token_ids": "false", "request.check_finite": "no"}
+    limits = build_limits(parameters, SHAPES, MODEL_LIMITS)
+    assert limits.dims["sequence"].size == 16 and limits.dims["sequence"].origin == "config.pbtxt"
+    assert limits.vocab_sizes == {} and not limits.check_finite
+    limits.check(ids([-5] * 16), batched=True)  # ids no longer checked
+    with pytest.raises(RequestLimitError, match="17"):
+        limits.check(ids([1] * 17), batched=True)
+    with pytest.raises(RequestLimitError, match="request.max_elements"):
+        build_limits({"request.max_elements": "20"}, SHAPES, {}).check(ids([1] * 21), batched=True)
+    with pytest.raises(RequestLimitError, match="request.max_bytes"):
+        build_limits({"request.max_bytes": "100"}, SHAPES, {}).check(ids([1] * 8), batched=True)
+    assert not build_limits({"request.max_dim.sequence": "0"}, SHAPES, MODEL_LIMITS).dims  # 0: no limit
+    assert build_limits({"request.max_bytes": "0"}, SHAPES, {}).max_bytes == 0
+
+
+@pytest.mark.parametrize("parameters, words", [
+    ({"request.max_byte": "1"}, ["request.max_byte", "known", "request.max_bytes"]),
+    ({"request.max_bytes": "lots"}, ["not an integer"]),
+    ({"request.max_bytes": "-1"}, ["negative"]),
+    ({"request.max_dim.tokens": "8"}, ["no symbolic dim 'tokens'", "sequence"]),
+])
+def test_bad_limit_parameters_are_refused_at_load(parameters, words):
+    with pytest.raises(LimitConfigError) as error:
+        build_limits(parameters, SHAPES, MODEL_LIMITS)
+    assert all(w in str(error.value) for w in words), str(error.value)
+
+
+def test_limits_are_read_from_an_onnx_graph(tmp_path):
+    import onnx
+
+    from portable_ep.models.tiny import build_bag_of_words, build_mlp
+
+    model = onnx.load(str(build_bag_of_words(tmp_path / "bow.onnx", vocab=50, max_positions=32)))
+    found = limits_from_onnx(model, SHAPES, ["input_ids", "attention_mask"])
+    assert found["vocab_sizes"] == {"input_ids": 50} and found["max_dims"] == {"sequence": 32}
+    # No position table, no sequence limit; no integer input, no vocabulary.
+    plain = onnx.load(str(build_bag_of_words(tmp_path / "plain.onnx", vocab=50)))
+    assert "max_dims" not in limits_from_onnx(plain, SHAPES, ["input_ids", "attention_mask"])
+    mlp = onnx.load(str(build_mlp(tmp_path / "mlp.onnx")))
+    assert limits_from_onnx(mlp, {"x": ("batch", 16)}, []) == {"vocab_sizes": {}}
+
+
+def _bundle(root: Path) -> dict:
+    (root / "openvino").mkdir(parents=True)
+    (root / "model.onnx").write_bytes(b"onnx bytes")
+    (root / "openvino" / "model.xml").write_text("<xml/>")
+    (root / "openvino" / "model.bin").write_bytes(b"\0" * 1000)
+    from portable_ep.backends.integrity import sha256_of
+
+    return {
+        "variants": [
+            {"format": "onnx", "precision": "fp32", "file": "model.onnx", "sha256": sha256_of(root / "model.onnx")},
+            {"format": "openvino", "precision": "fp32", "file": "openvino/model.xml",
+             "sha256": sha256_of(root / "openvino" / "model.xml"),
+             "weights_file": "openvino/model.bin", "weights_sha256": sha256_of(root / "openvino" / "model.bin")},
+            {"format": "onnx", "precision": "int8", "file": None, "status": "failed"},
+        ],
+    }
+
+
+def test_integrity_names_the_changed_file_and_caches_what_matched(tmp_path):
+    manifest = _bundle(tmp_path / "b")
+    cache = VerifiedCache(tmp_path / "cache.json")
+    verify_for_load(tmp_path / "b", manifest, cache)
+    assert len(cache.entries) == 3
+    again = check_files(tmp_path / "b", expected_sums(manifest), VerifiedCache(tmp_path / "cache.json"))
+    assert all(c.ok and c.cached for c in again)  # size and mtime unchanged: not read again
+
+    weights = tmp_path / "b" / "openvino" / "model.bin"
+    weights.write_bytes(b"\0" * 999 + b"\1")  # same size, new mtime: read again, and refused
+    with pytest.raises(IntegrityError) as error:
+        verify_for_load(tmp_path / "b", manifest, VerifiedCache(tmp_path / "cache.json"))
+    assert "openvino/model.bin: sha256" in str(error.value) and "model.onnx" not in str(error.value)
+    (tmp_path / "b" / "model.onnx").unlink()
+    with pytest.raises(IntegrityError, match="model.onnx: missing"):
+        verify_for_load(tmp_path / "b", manifest, VerifiedCache(tmp_path / "cache.json"))
+
+
+def test_a_read_only_cache_only_costs_time(tmp_path):
+    manifest = _bundle(tmp_path / "b")
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    verify_for_load(tmp_path / "b", manifest, VerifiedCache(blocked / "cache.json"))  # cannot save: no error
+
+
+@pytest.mark.parametrize("status, text", [
+    (signal.SIGKILL, "killed by SIGKILL"),
+    (signal.SIGSEGV | 0x80, "killed by SIGSEGV (core dumped)"),
+    (3 << 8, "exited with code 3"),
+    (None, "already reaped"),
+])
+def test_wait_status_is_described(status, text):
+    assert text in describe_wait_status(int(status) if status is not None else None)
+
+
+def test_a_dead_child_is_found_as_a_zombie_with_its_cause():
+    """find_stubs reads /proc: a child that died and was not reaped keeps its wait status."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            found = find_stubs(os.getpid()).get(child.pid)
+            if found is not None and found.dead:
+                break
+            time.sleep(0.02)
+        assert found is not None and found.dead and describe_wait_status(found.wait_status) == "killed by SIGKILL"
+    finally:
+        child.wait()
+
+
+def test_runtime_cause_keeps_what_follows_the_first_line():
+    openvino = ("Exception from src/inference/src/cpp/infer_request.cpp:224:\nException from src/plugins/intel_cpu/src/node.cpp:794:\n"
+                "[CPU] Convolution node with name 'c1' Check 'dim_stride.has_value()' failed at src/plugins/intel_cpu/src/x.cpp:164:\n"
+                "CpuBlockedMemoryDesc::getCurrentMemSizeImp overflow while multiplying dim and stride\n\n")
+    cause = runtime_cause(RuntimeError(openvino))
+    assert cause.startswith("[CPU] Convolution node with name 'c1'") and cause.endswith("overflow while multiplying dim and stride")
+    onnxruntime = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Add node. Name:'' Status Message: "
+                   "/onnxruntime_src/onnxruntime/core/providers/cpu/math/element_wise_ops.h:583 void "
+                   "onnxruntime::BroadcastIterator::Append(ptrdiff_t, ptrdiff_t) axis == 1 || axis == largest was false. 64 by 70")
+    cause = runtime_cause(RuntimeError(onnxruntime))
+    assert "ONNXRuntimeError" not in cause and "onnxruntime_src" not in cause and "BroadcastIterator" not in cause
+    assert cause.endswith("64 by 70")
+    long = runtime_cause(RuntimeError("x" * 50 + " the cause at the end"), limit=40)
+    assert len(long) <= 40 and long.endswith("the cause at the end")
