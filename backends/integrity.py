@@ -6,9 +6,11 @@ before loading them, and ``portable-ep verify BUNDLE`` checks every file for CI 
 artifacts pulled from elsewhere.
 
 Hashing a large model on every (re)load would slow recovery from a crash, so a verified
-file's digest is cached by path, size and modification time in
-``$XDG_CACHE_HOME/portable-ep/verified-files.json``: a file whose size and mtime are
-unchanged since it last matched is not read again. ``portable-ep verify`` never uses it.
+file's digest is cached by path, size, inode, mtime and ctime in
+``$XDG_CACHE_HOME/portable-ep/integrity/verified-files.json``: a file unchanged in all
+of those since it last matched is not read again. ctime cannot be set by a copy that
+keeps mtimes (``cp -p``, ``rsync -a``, ``tar``), so a damaged copy is hashed again.
+``portable-ep verify`` never uses the cache.
 """
 from __future__ import annotations
 
@@ -78,11 +80,12 @@ class VerifiedCache:
     @staticmethod
     def _stamp(path: Path) -> dict:
         stat = path.stat()
-        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return {"size": stat.st_size, "inode": stat.st_ino, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
 
     def known_digest(self, path: Path) -> Optional[str]:
         entry = self.entries.get(str(path.resolve()))
-        if entry and {k: entry.get(k) for k in ("size", "mtime_ns")} == self._stamp(path):
+        stamp = self._stamp(path)
+        if entry and {k: entry.get(k) for k in stamp} == stamp:
             return entry.get("sha256")
         return None
 

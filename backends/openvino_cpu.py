@@ -63,11 +63,19 @@ def infer_or_recompile(session, feeds: Mapping[str, np.ndarray]):
     a failure costs: one compile of the model already in memory (18 ms for a tiny CNN),
     paid by the bad request, never by the next good one.
     """
+    if session._request is None:  # an earlier compile after a failure failed too (e.g. memory): try again
+        session._compiled = session._compile()
+        session._request = session._compiled.create_infer_request()
     try:
         return session._request.infer(dict(feeds))
     except Exception:
-        session._compiled = session._compile()
-        session._request = session._compiled.create_infer_request()
+        # Let the poisoned model go first: two compiled copies of a large model may not fit.
+        session._request = session._compiled = None
+        try:
+            session._compiled = session._compile()
+            session._request = session._compiled.create_infer_request()
+        except Exception:  # noqa: BLE001 - compiled at the next request; this request's own error is reported
+            session._request = session._compiled = None
         raise
 
 

@@ -18,7 +18,8 @@ Printed (and written as JSON with ``--out``), nothing asserted:
   recover** from the kill to its first correct answer (goal <= 10 s);
 - p99 latency of good requests per ``--window`` (default 5 min);
 - **stub RSS drift** after ``--warmup`` (goal < 5 %): for each stub process that lived at
-  least two windows after warm-up, its last RSS vs its first.
+  least two windows (or a third of the run) after its own warm-up, its last RSS vs its first.
+- latency figures are of good requests that were answered correctly.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ TOLERANCE = 1e-4
 RECOVERY_GOAL_S = 10.0
 RSS_DRIFT_GOAL = 0.05
 SOAK_MODELS = ("bow_cpu", "bow_openvino", "conv_cpu", "conv_openvino")
+# What a request to a model that is down is answered (the stub dead, or the model unloaded).
+DOWN_SIGNS = ("not healthy", "unknown model", "not ready", "is not found", "unavailable")
 
 
 @dataclass
@@ -116,12 +119,18 @@ class Soak:
 
     def _bad(self, client, kind: str, rng) -> None:
         model, feeds = bad_request(kind, rng)
+        sent = time.monotonic() - self.start
         try:
             client.infer(model, make_inputs("grpc", feeds))
             problem = f"bad request served: {kind}"
-        except Exception:  # noqa: BLE001 - refused, as it should be
-            problem = None
+        except Exception as exc:  # noqa: BLE001 - refused, as it should be; but by whom?
+            message = str(exc)
+            # Refused because the model was down is not refused for being bad.
+            problem = f"bad request ({kind}) failed for another reason: {message[:200]}" if any(
+                sign in message for sign in DOWN_SIGNS) else None
         with self.lock:
+            if problem and self._down(model, sent, time.monotonic() - self.start) is not None:
+                problem = None  # the killed model, while it is down
             if problem:
                 self.tally.unexpected.append(problem)
             else:
@@ -148,8 +157,8 @@ class Soak:
                 self.tally.latencies.append((sent - self.start, done - sent))
                 if down is not None and down.recovered_after_s is None and sent - self.start > down.at:
                     down.recovered_after_s = done - self.start - down.at
-            elif down is not None:
-                down.failed_requests += 1  # the killed model, while it is down: expected
+            elif down is not None and not problem.startswith(f"{model}: wrong answer"):
+                down.failed_requests += 1  # the killed model, while it is down: expected (a wrong answer never is)
             else:
                 self.tally.unexpected.append(problem)
 
@@ -209,8 +218,10 @@ class Soak:
                             "p99_ms": float(np.percentile(lat, 99) * 1e3) if lat else None})
         drifts = []
         for pid, samples in self.rss.items():
-            after = [(s, r) for s, r in samples if s >= args.warmup]
-            if len(after) >= 2 and after[-1][0] - after[0][0] >= 2 * min(args.window, 60):
+            # Warm-up counts from each stub's own start: a stub restarted late is measured after its warm-up too.
+            born = samples[0][0]
+            after = [(s, r) for s, r in samples if s >= max(args.warmup, born + args.warmup)]
+            if len(after) >= 2 and after[-1][0] - after[0][0] >= min(2 * args.window, args.duration / 3):
                 drifts.append({"pid": pid, "model": self.stub_models.get(pid, ""), "first_mb": after[0][1] / 2**20,
                                "last_mb": after[-1][1] / 2**20, "lived_s": after[-1][0] - after[0][0],
                                "drift": (after[-1][1] - after[0][1]) / after[0][1]})

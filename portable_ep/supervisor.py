@@ -30,6 +30,8 @@ import os
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
@@ -39,7 +41,9 @@ RESTART_COUNT = "restart_count"
 RESTART_CAUSE = "restart_cause"
 POLL_INTERVAL_S = 0.2
 MAX_BACKOFF_S = 30.0
-UNLOAD_TIMEOUT_S = 30.0
+# The old instance's teardown usually takes ~1 s; sometimes Triton's python backend waits far
+# longer on a stub it has not yet seen dead (seen: > 10 s). Recovery must not wait for that.
+UNLOAD_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,11 @@ class StubProcess:
     instance: str
     state: str  # /proc state letter: R, S, D, Z (zombie: dead, not reaped), ...
     wait_status: Optional[int] = None  # waitpid-style status, for a zombie
+    started: int = 0  # start time in clock ticks since boot: with the pid, names one process (pids are reused)
+
+    @property
+    def key(self) -> tuple:
+        return (self.pid, self.started)
 
     @property
     def dead(self) -> bool:
@@ -72,12 +81,13 @@ def describe_wait_status(status: Optional[int]) -> str:
 
 
 def _read_stat(pid: int):
-    """(state, parent pid, wait status) from /proc/<pid>/stat; fields after the command's ')'."""
+    """(state, parent pid, wait status, start time) from /proc/<pid>/stat; fields after the command's ')'."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text.rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); field 52 (exit_code, Linux >= 3.5) is fields[49].
+    # fields[0] is field 3 (state); field 22 (starttime) is fields[19]; field 52 (exit_code,
+    # Linux >= 3.5, 0 without ptrace access to the process) is fields[49].
     status = int(fields[49]) if len(fields) > 49 else None
-    return fields[0], int(fields[1]), status
+    return fields[0], int(fields[1]), status, int(fields[19])
 
 
 def find_stubs(server_pid: int, proc: Path = Path("/proc")) -> Dict[int, StubProcess]:
@@ -92,11 +102,11 @@ def find_stubs(server_pid: int, proc: Path = Path("/proc")) -> Dict[int, StubPro
             continue
         pid = int(entry.name)
         try:
-            state, parent, status = _read_stat(pid)
+            state, parent, status, started = _read_stat(pid)
             if parent != server_pid:
                 continue
             if state in ("Z", "X"):
-                stubs[pid] = StubProcess(pid, "", "", state, status)
+                stubs[pid] = StubProcess(pid, "", "", state, status, started)
                 continue
             argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")]
         except (OSError, ValueError, IndexError):
@@ -104,8 +114,51 @@ def find_stubs(server_pid: int, proc: Path = Path("/proc")) -> Dict[int, StubPro
         if argv and argv[0].endswith(STUB_BINARY) and len(argv) > 1:
             # argv: stub, <repository>/<model>/<version>/model.py, shm region, ..., instance name at [8]
             model = Path(argv[1]).parent.parent.name
-            stubs[pid] = StubProcess(pid, model, argv[8] if len(argv) > 8 else model, state)
+            stubs[pid] = StubProcess(pid, model, argv[8] if len(argv) > 8 else model, state, started=started)
     return stubs
+
+
+class RepositoryAPI:
+    """The four calls of Triton's HTTP model-repository extension the supervisor makes.
+
+    Plain urllib rather than tritonclient: the serving images carry the server, not the
+    client library and its gevent stack, and these are four small JSON requests.
+    """
+
+    def __init__(self, http_url: str, timeout_s: float = 300.0):
+        self.base = http_url if "://" in http_url else f"http://{http_url}"
+        self.timeout_s = timeout_s
+
+    def _call(self, path: str, body: Optional[dict] = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method="GET" if body is None else "POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                text = response.read().decode()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail).get("error", detail)
+            except ValueError:
+                pass
+            raise RuntimeError(f"{path}: HTTP {exc.code}: {detail}") from None
+        return json.loads(text) if text.strip() else None
+
+    def get_model_repository_index(self) -> list:
+        return self._call("/v2/repository/index", {}) or []
+
+    def get_model_config(self, model: str) -> dict:
+        return self._call(f"/v2/models/{model}/config")
+
+    def unload_model(self, model: str) -> None:
+        self._call(f"/v2/repository/models/{model}/unload", {})
+
+    def load_model(self, model: str, config: Optional[str] = None) -> None:
+        self._call(f"/v2/repository/models/{model}/load", {"parameters": {"config": config}} if config else {})
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -121,8 +174,22 @@ class RestartEvent:
 
 @dataclass
 class _Known:
-    alive: Dict[int, StubProcess] = field(default_factory=dict)  # pid -> the stub as last seen alive
-    handled: Set[int] = field(default_factory=set)
+    alive: Dict[tuple, StubProcess] = field(default_factory=dict)  # (pid, start) -> the stub as last seen alive
+    handled: Set[tuple] = field(default_factory=set)  # (pid, start) of deaths already dealt with
+    models: Set[str] = field(default_factory=set)  # models ever seen with a stub: python-based ones
+
+
+@dataclass
+class _Restart:
+    """One model's recovery in progress; advanced one step per look, so one model that will
+    not load again never holds up the others."""
+
+    stub: StubProcess
+    event: RestartEvent
+    config: Optional[dict] = None
+    unloaded: bool = False
+    next_try: float = 0.0
+    backoff: float = 1.0
 
 
 class ModelSupervisor:
@@ -130,14 +197,12 @@ class ModelSupervisor:
 
     def __init__(self, http_url: str, server_pid: int, log: Callable[[str], None] = print,
                  interval_s: float = POLL_INTERVAL_S):
-        import tritonclient.http as httpclient
-
         self.server_pid = server_pid
         self.log = log
         self.interval_s = interval_s
-        self._client = httpclient.InferenceServerClient(http_url, connection_timeout=10, network_timeout=300)
+        self._client = RepositoryAPI(http_url)
         self._known = _Known()
-        self._pending: Dict[str, StubProcess] = {}  # model -> its dead stub, until the model is reloaded
+        self._restarts: Dict[str, _Restart] = {}  # model -> its recovery in progress
         self.events: List[RestartEvent] = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -164,91 +229,118 @@ class ModelSupervisor:
 
     # -- detection -------------------------------------------------------------------
     def poll(self) -> List[RestartEvent]:
-        """One look at the stubs; restart the models whose stub died since the last look.
+        """One look at the stubs: note the deaths since the last look, advance every recovery.
 
-        A death stays pending until its model is reloaded: a restart that fails half-way
-        (the server busy, a timeout) is tried again at the next look, never forgotten.
+        Returns the restarts that finished (the model serves again, or was left alone).
         """
         if not Path(f"/proc/{self.server_pid}").exists():
             return []
         stubs = find_stubs(self.server_pid)
         known = self._known
-        for pid, stub in stubs.items():
-            if pid in known.handled:
+        unnamed = []
+        for stub in stubs.values():
+            if stub.key in known.handled:
                 continue
             if not stub.dead:
-                known.alive[pid] = stub
+                known.alive[stub.key] = stub
+                known.models.add(stub.model)
                 continue
-            known.handled.add(pid)
-            seen = known.alive.pop(pid, None)
-            if seen is not None:  # a zombie's cmdline is gone: name it from when it was alive
-                self._pending.setdefault(seen.model, StubProcess(pid, seen.model, seen.instance, stub.state, stub.wait_status))
-        for pid in [pid for pid in known.alive if pid not in stubs]:
-            seen = known.alive.pop(pid)  # reaped by someone: dead, cause unknown
-            known.handled.add(pid)
-            self._pending.setdefault(seen.model, StubProcess(pid, seen.model, seen.instance, "X", None))
-        events = []
-        for model, stub in list(self._pending.items()):
+            known.handled.add(stub.key)
+            seen = known.alive.pop(stub.key, None)
+            if seen is None:
+                unnamed.append(stub)  # died before any look saw it alive
+            elif seen.model not in self._restarts:
+                self._begin(StubProcess(stub.pid, seen.model, seen.instance, stub.state, stub.wait_status, stub.started))
+        # A stub that vanished without a zombie was reaped by Triton: an unload or reload it
+        # made on purpose, not a crash (Triton never reaps a stub that died on its own).
+        live = {stub.key for stub in stubs.values()}
+        for key in [key for key in known.alive if key not in live]:
+            known.alive.pop(key)
+        if unnamed:
+            self._name_unseen_deaths(unnamed, stubs)
+        finished = []
+        for model, restart in list(self._restarts.items()):
+            if time.monotonic() < restart.next_try:
+                continue
             try:
-                events.append(self.restart(stub))
-            except Exception as exc:  # noqa: BLE001 - kept pending: tried again at the next look
-                self.log(f"portable-ep supervisor: model {model!r}: restart failed ({type(exc).__name__}: {exc}); trying again")
+                done = self._advance(restart)
+            except Exception as exc:  # noqa: BLE001 - tried again at the next look, never forgotten
+                self.log(f"portable-ep supervisor: model {model!r}: restart step failed ({type(exc).__name__}: {exc}); trying again")
                 continue
-            del self._pending[model]
-        return events
+            if done:
+                del self._restarts[model]
+                finished.append(restart.event)
+        return finished
+
+    def _name_unseen_deaths(self, zombies: List[StubProcess], stubs: Dict[int, StubProcess]) -> None:
+        """Zombies no look saw alive: a python-based model that is READY with no live stub is theirs."""
+        alive_models = {s.model for s in stubs.values() if not s.dead}
+        states = self._loaded_models()
+        for model in sorted(known for known in self._known.models if states.get(known) == "READY"):
+            if model not in alive_models and model not in self._restarts:
+                status = zombies[0].wait_status if len(zombies) == 1 else None
+                self._begin(StubProcess(zombies[0].pid, model, f"{model} (instance unknown)", "Z", status, zombies[0].started))
 
     # -- recovery --------------------------------------------------------------------
     def _loaded_models(self) -> Dict[str, str]:
         return {m.get("name", ""): m.get("state", "") for m in self._client.get_model_repository_index()}
 
+    def _begin(self, stub: StubProcess) -> None:
+        cause = describe_wait_status(stub.wait_status)
+        self._restarts[stub.model] = _Restart(stub, RestartEvent(stub.model, stub.instance, cause, died_at=time.monotonic()))
+
     def _wait_unloaded(self, model: str, timeout_s: float = UNLOAD_TIMEOUT_S) -> None:
-        """Until the old instances are gone: loading beside them could double a device's memory."""
+        """Until the old instances are gone: loading beside them could double a device's memory, and a
+        health probe sent while a load overlaps the teardown was seen to block through the reload."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             if self._loaded_models().get(model, "") not in ("READY", "UNLOADING"):
                 return
             time.sleep(0.05)
-        self.log(f"portable-ep supervisor: model {model!r} still unloading after {timeout_s:.0f} s; loading it anyway")
+        if not self._stop.is_set():
+            self.log(f"portable-ep supervisor: model {model!r} still unloading after {timeout_s:.0f} s; loading it beside the old instance")
 
-    def restart(self, stub: StubProcess) -> RestartEvent:
-        cause = describe_wait_status(stub.wait_status)
-        event = RestartEvent(stub.model, stub.instance, cause, died_at=time.monotonic())
-        state = self._loaded_models().get(stub.model, "")
-        if state != "READY":
-            # Unloaded or being reloaded on purpose (an operator, a config change): not a crash.
-            event.error = f"not restarted: the model is {state or 'not in the repository index'}"
-            return event
-        config = self._client.get_model_config(stub.model)
-        parameters = config.setdefault("parameters", {})
-        event.count = int((parameters.get(RESTART_COUNT) or {}).get("string_value") or 0) + 1
-        parameters[RESTART_COUNT] = {"string_value": str(event.count)}
-        parameters[RESTART_CAUSE] = {"string_value": f"stub {stub.instance} (pid {stub.pid}) {cause}"}
-        self.log(
-            f"portable-ep supervisor: model {stub.model!r}: stub {stub.instance} (pid {stub.pid}) {cause}; "
-            f"marking it not ready and reloading it (restart {event.count})"
-        )
-        self._client.unload_model(stub.model)  # not ready from here on, and so is the server
-        self.events.append(event)
-        self._wait_unloaded(stub.model)
-        backoff = 1.0
-        while not self._stop.is_set():
-            try:
-                self._client.load_model(stub.model, config=json.dumps(config))
-                break
-            except Exception as exc:  # noqa: BLE001 - retried: the cause may be transient (memory)
-                event.error = str(exc)
-                self.log(f"portable-ep supervisor: model {stub.model!r} failed to load again ({exc}); retrying in {backoff:.0f} s")
-                if self._stop.wait(backoff):
-                    return event
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+    def _advance(self, restart: _Restart) -> bool:
+        """One step of a recovery; True when it is over."""
+        stub, event = restart.stub, restart.event
+        if not restart.unloaded:
+            state = self._loaded_models().get(stub.model, "")
+            if state != "READY":
+                # Unloaded or being reloaded on purpose (an operator, a config change): not a crash.
+                event.error = f"not restarted: the model is {state or 'not in the repository index'}"
+                return True
+            config = self._client.get_model_config(stub.model)
+            parameters = config.setdefault("parameters", {})
+            event.count = int((parameters.get(RESTART_COUNT) or {}).get("string_value") or 0) + 1
+            parameters[RESTART_COUNT] = {"string_value": str(event.count)}
+            parameters[RESTART_CAUSE] = {"string_value": f"stub {stub.instance} (pid {stub.pid}) {event.cause}"}
+            restart.config = config
+            self.log(
+                f"portable-ep supervisor: model {stub.model!r}: stub {stub.instance} (pid {stub.pid}) {event.cause}; "
+                f"marking it not ready and reloading it (restart {event.count})"
+            )
+            # The model's other instances go down with it: their exit is ours, not a crash.
+            for key, other in list(self._known.alive.items()):
+                if other.model == stub.model:
+                    self._known.alive.pop(key)
+                    self._known.handled.add(key)
+            restart.unloaded = True  # from here on, a retry loads (a load of a loaded model reloads it)
+            self.events.append(event)
+            self._client.unload_model(stub.model)  # not ready from here on, and so is the server
+            self._wait_unloaded(stub.model)
+        try:
+            self._client.load_model(stub.model, config=json.dumps(restart.config))
+        except Exception as exc:  # noqa: BLE001 - retried with backoff: the cause may pass (memory)
+            event.error = str(exc)
+            self.log(f"portable-ep supervisor: model {stub.model!r} failed to load again ({exc}); "
+                     f"retrying in {restart.backoff:.0f} s")
+            restart.next_try = time.monotonic() + restart.backoff
+            restart.backoff = min(restart.backoff * 2, MAX_BACKOFF_S)
+            return False
         event.ready_after_s = time.monotonic() - event.died_at
         event.error = ""
         self.log(f"portable-ep supervisor: model {stub.model!r} ready again {event.ready_after_s:.1f} s after its stub died")
-        # The new stubs are alive now: learn them so their death is seen too.
-        for pid, new in find_stubs(self.server_pid).items():
-            if not new.dead and pid not in self._known.handled:
-                self._known.alive[pid] = new
-        return event
+        return True
 
 
 def find_server_pid(http_port: Optional[int] = None, proc: Path = Path("/proc")) -> int:

@@ -8,14 +8,15 @@ request is checked here, and refused alone with the limit and the option that se
 
 config.pbtxt parameters (all optional):
 
-- ``request.max_bytes``: bytes of all inputs of one request (default 64 MiB, Triton's own
-  HTTP input cap; ``0`` = no limit);
+- ``request.max_bytes``: bytes of all inputs of one request (default 256 MiB; ``0`` = no
+  limit; HTTP requests are capped at 64 MB by Triton itself);
 - ``request.max_elements``: elements of any one input (default: no limit);
 - ``request.max_dim.<symbol>``: the largest size of a symbolic dim, e.g.
   ``request.max_dim.sequence_length = 256``; the default for a text model's sequence is
   its position table's length (from the bundle's manifest, or the ONNX file);
 - ``request.check_token_ids``: refuse ids < 0 or >= the vocabulary (default true);
-- ``request.check_finite``: refuse NaN and infinity in float inputs (default true).
+- ``request.check_finite``: refuse NaN and infinity in float inputs (default true, except
+  for models with ``ai.onnx.ml`` operators, where NaN means "missing").
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ import numpy as np
 
 from portable_ep.backends.base import TRUE_VALUES
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Big enough for a batch of 8 large images in fp32 (8×3×1024×1024×4 = 96 MiB), small
+# enough that one request cannot ask for gigabytes (gRPC itself allows 2 GiB messages).
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 PREFIX = "request."
 KNOWN_OPTIONS = ("max_bytes", "max_elements", "check_token_ids", "check_finite")
 
@@ -193,12 +196,13 @@ def build_limits(
         else:
             dims.pop(symbol, None)
     check_ids = _bool_option(parameters, "check_token_ids", True)
+    finite_default = not model_limits.get("allows_non_finite", False)
     return RequestLimits(
         max_bytes=_int_option(parameters, "max_bytes", DEFAULT_MAX_BYTES),
         max_elements=_int_option(parameters, "max_elements", 0),
         dims=dims,
         vocab_sizes={k: int(v) for k, v in (model_limits.get("vocab_sizes") or {}).items() if k in shapes} if check_ids else {},
-        check_finite=_bool_option(parameters, "check_finite", True),
+        check_finite=_bool_option(parameters, "check_finite", finite_default),
     )
 
 
@@ -212,22 +216,29 @@ ROBERTA_POSITION_OFFSET = 2
 def limits_from_onnx(model, input_shapes: Mapping[str, Sequence], int_inputs: Sequence[str]) -> dict:
     """Vocabulary sizes and the longest sequence an ONNX graph can take, for the manifest.
 
-    - an integer input that indexes an embedding table (Gather) has that table's rows as vocabulary;
+    - an integer input that indexes an embedding table (Gather on axis 0) has that table's rows as vocabulary;
     - a position table (initializer named like BERT's or GPT-2's) bounds the sequence dim, the
-      symbolic dim of those token-id inputs.
+      symbolic dim of those token-id inputs; only when the graph has one table size (CLIP has a
+      77-row text table and a 50-row vision one: which bounds the text is not known here);
+    - ``ai.onnx.ml`` operators (tree ensembles, imputers) take NaN as "missing": non-finite
+      inputs are then allowed by default.
     """
     tables = {init.name: list(init.dims) for init in model.graph.initializer}
     vocab: Dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in int_inputs and node.input[0] in tables:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if (node.op_type == "Gather" and axis == 0 and len(node.input) == 2 and node.input[1] in int_inputs
+                and node.input[0] in tables):
             vocab[node.input[1]] = int(tables[node.input[0]][0])
     limits: dict = {"vocab_sizes": vocab}
-    positions = [dims[0] for name, dims in tables.items() if len(dims) == 2 and _POSITION_TABLE.search(name)]
+    if any(node.domain == "ai.onnx.ml" for node in model.graph.node):
+        limits["allows_non_finite"] = True
+    positions = {dims[0] for name, dims in tables.items() if len(dims) == 2 and _POSITION_TABLE.search(name)}
     symbols = {
         dim for name in vocab for dim in list(input_shapes.get(name, ()))[1:]
         if isinstance(dim, str) and dim.strip() not in ("", "?", "-1")
     }
-    if positions and len(symbols) == 1:
-        limits["max_dims"] = {symbols.pop(): int(min(positions))}
+    if len(positions) == 1 and len(symbols) == 1:
+        limits["max_dims"] = {symbols.pop(): int(positions.pop())}
         limits["origin"] = "the model's position table"
     return limits

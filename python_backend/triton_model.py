@@ -62,8 +62,10 @@ class TritonModel:
         restarts, cause = restart_note(config.parameters)
         if restarts:
             log.log_warn(f"{where}: restart {restarts} after the model's stub died: {cause}")
+        # Every instance is reloaded with the model: only the first of its group publishes the count.
+        first_instance = str(args.get("model_instance_name", "")).rsplit("_", 1)[-1] == "0"
         self.metrics = BackendMetrics(pb, config.name, args["model_version"], resolution, loaded.precision,
-                                      restarts=restarts, restart_cause=cause)
+                                      restarts=restarts if first_instance else 0, restart_cause=cause)
 
     def execute(self, requests):
         pb = self.pb

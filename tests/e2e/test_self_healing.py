@@ -371,3 +371,69 @@ def test_a_tampered_bundle_is_refused_at_load_and_by_verify(tmp_path, bundles, i
         assert index["conv_cpu"]["state"] == "UNAVAILABLE"
         reason = index["conv_cpu"]["reason"]
         assert "integrity check" in reason and "openvino/model.bin" in reason and "sha256" in reason, reason
+
+
+def test_portable_ep_supervise_heals_a_triton_started_elsewhere(tmp_path, bundles, reference, installed_backend_dir):
+    """A Triton an operator started (explicit model control), healed by `portable-ep supervise` beside it."""
+    repository = write_healing_repository(tmp_path, bundles, {"bow_cpu": HEALING_MODELS["bow_cpu"]})
+    with TritonServer(repository, backend_directory=installed_backend_dir,
+                      extra_args=["--model-control-mode=explicit", "--load-model=*"]) as server:
+        supervise = subprocess.Popen(
+            [sys.executable, "-m", "portable_ep.cli", "supervise", "--url", server.http_url, "--pid", str(server.process.pid)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            assert "supervising tritonserver pid" in supervise.stdout.readline()
+            stub = next(s for s in find_stubs(server.process.pid).values() if s.model == "bow_cpu" and not s.dead)
+            os.kill(stub.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            feeds = bow_request(1, 8, seed=1)
+            served = None
+            while time.monotonic() < deadline and served is None:
+                time.sleep(0.2)
+                client = make_client("grpc", server.grpc_url)
+                try:
+                    served = client.infer("bow_cpu", make_inputs("grpc", feeds)).as_numpy("logits")
+                except Exception:  # noqa: BLE001 - down until the supervisor reloads it
+                    served = None
+                finally:
+                    client.close()
+        finally:
+            supervise.send_signal(signal.SIGTERM)
+            output = supervise.communicate(timeout=20)[0]
+        assert served is not None, f"not serving again within 10 s: {output}\n{server.log_tail(60)}"
+        assert np.max(np.abs(served - reference("bow", feeds))) <= TOLERANCE
+        assert supervise.returncode == 0, output
+        assert "model 'bow_cpu'" in output and "killed by SIGKILL" in output and "ready again" in output
+
+
+def test_a_model_with_two_instances_is_restarted_once(tmp_path, bundles, reference, installed_backend_dir):
+    """Unloading a model stops its other instance too: that exit is the supervisor's own, not a second crash."""
+    from portable_ep.exporters.repository import RepoOptions, add_to_repository
+
+    repository = tmp_path / "repository"
+    add_to_repository(bundles["conv"], repository, "conv_twice", RepoOptions(providers="cpu", instances=2))
+    with TritonServer(repository, backend_directory=installed_backend_dir, supervise=True) as server:
+        stubs = [s for s in find_stubs(server.process.pid).values() if s.model == "conv_twice" and not s.dead]
+        assert len(stubs) == 2
+        os.kill(stubs[0].pid, signal.SIGKILL)
+        def recovered() -> bool:
+            events = server.supervisor.events
+            return bool(events) and events[-1].ready_after_s is not None
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not recovered():
+            time.sleep(0.1)
+        assert recovered(), "not serving again within 10 s"
+        time.sleep(3)  # several more looks: the sibling's exit must not count as a crash
+        supervisor_log = server.log_path.with_name("supervisor.log").read_text()
+        assert supervisor_log.count("marking it not ready") == 1, supervisor_log
+        assert len([s for s in find_stubs(server.process.pid).values() if s.model == "conv_twice" and not s.dead]) == 2
+        feeds = conv_request(2, seed=3)
+        client = make_client("grpc", server.grpc_url)
+        try:
+            served = client.infer("conv_twice", make_inputs("grpc", feeds)).as_numpy("logits")
+        finally:
+            client.close()
+        assert np.max(np.abs(served - reference("conv", feeds))) <= TOLERANCE
+        assert _restarts(server, "conv_twice") == 1

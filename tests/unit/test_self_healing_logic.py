@@ -176,3 +176,40 @@ def test_runtime_cause_keeps_what_follows_the_first_line():
     assert cause.endswith("64 by 70")
     long = runtime_cause(RuntimeError("x" * 50 + " the cause at the end"), limit=40)
     assert len(long) <= 40 and long.endswith("the cause at the end")
+
+
+def test_position_tables_of_two_sizes_set_no_sequence_limit_and_ml_models_allow_nan():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    tables = [numpy_helper.from_array(np.zeros((77, 4), np.float32), "text.position_embedding.weight"),
+              numpy_helper.from_array(np.zeros((50, 4), np.float32), "vision.position_embedding.weight"),
+              numpy_helper.from_array(np.zeros((100, 4), np.float32), "tokens")]
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["tokens", "input_ids"], ["y"])], "two_tables",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 4])], tables)
+    found = limits_from_onnx(helper.make_model(graph), {"input_ids": ("batch", "sequence")}, ["input_ids"])
+    assert found["vocab_sizes"] == {"input_ids": 100} and "max_dims" not in found  # CLIP-like: which table is the text's?
+
+    tree = helper.make_graph(
+        [helper.make_node("Imputer", ["x"], ["y"], domain="ai.onnx.ml", imputed_value_floats=[0.0], replaced_value_float=float("nan"))],
+        "imputer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    ml = limits_from_onnx(helper.make_model(tree), {"x": ("batch", 3)}, [])
+    assert ml["allows_non_finite"] is True
+    limits = build_limits({}, {"x": ("batch", 3)}, ml)
+    limits.check({"x": np.array([[np.nan, 1.0, 2.0]], np.float32)}, batched=True)  # NaN means "missing" there
+    assert build_limits({"request.check_finite": "true"}, {"x": ("batch", 3)}, ml).check_finite
+
+
+def test_a_copy_that_keeps_mtime_is_hashed_again(tmp_path):
+    manifest = _bundle(tmp_path / "b")
+    cache = VerifiedCache(tmp_path / "cache.json")
+    verify_for_load(tmp_path / "b", manifest, cache)
+    weights = tmp_path / "b" / "openvino" / "model.bin"
+    before = weights.stat()
+    weights.write_bytes(b"\0" * 999 + b"\1")  # damaged, same size ...
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and the old mtime, as `cp -p` keeps it
+    with pytest.raises(IntegrityError, match="openvino/model.bin"):
+        verify_for_load(tmp_path / "b", manifest, VerifiedCache(tmp_path / "cache.json"))
