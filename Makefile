@@ -3,7 +3,7 @@ VENV ?= .venv
 PORTABLE_EP := $(VENV)/bin/portable-ep
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench images clean
+.PHONY: venv demo test bench soak images clean
 
 venv:
 	@VENV=$(VENV) scripts/bootstrap.sh
@@ -18,6 +18,10 @@ bench: venv
 	$(VENV)/bin/python benchmarks/serving_overhead.py
 	$(VENV)/bin/python benchmarks/int8_throughput.py
 	$(VENV)/bin/python benchmarks/loadgen_floor.py
+
+# 30 minutes of load with bad requests and a stub killed every 5 minutes (docs/self-healing.md).
+soak: venv
+	$(VENV)/bin/python benchmarks/soak.py
 
 # One image per hardware target, each checked in a container (needs root or a Docker engine; see README).
 images: venv

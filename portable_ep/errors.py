@@ -2,7 +2,9 @@
 from portable_ep.backends.artifacts import ModelFilesNotFound
 from portable_ep.exporters.errors import ExportError, one_line  # noqa: F401  (one_line re-exported)
 from portable_ep.python_backend.install import BackendInstallError
+from portable_ep.supervisor import SupervisorError
 from portable_ep.triton_install import TritonNotFound
 from portable_ep.triton_process import TritonServerError
 
-USER_ERRORS = (TritonNotFound, TritonServerError, BackendInstallError, ModelFilesNotFound, ExportError, FileNotFoundError)
+USER_ERRORS = (TritonNotFound, TritonServerError, BackendInstallError, ModelFilesNotFound, ExportError, FileNotFoundError,
+               SupervisorError)

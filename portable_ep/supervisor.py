@@ -46,6 +46,10 @@ MAX_BACKOFF_S = 30.0
 UNLOAD_TIMEOUT_S = 3.0
 
 
+class SupervisorError(RuntimeError):
+    """The supervisor cannot start (no server to watch); one line naming the fix."""
+
+
 @dataclass(frozen=True)
 class StubProcess:
     pid: int
@@ -209,6 +213,11 @@ class ModelSupervisor:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "ModelSupervisor":
+        try:
+            self._client.get_model_repository_index()
+        except (OSError, RuntimeError) as exc:
+            raise SupervisorError(f"cannot reach Triton's model repository API at {self._client.base} ({exc}); "
+                                  "pass the server's HTTP address with --url") from None
         self.poll()  # learn the live stubs before any can die unseen
         self._thread = threading.Thread(target=self._run, name="portable-ep-supervisor", daemon=True)
         self._thread.start()
@@ -360,7 +369,7 @@ def find_server_pid(http_port: Optional[int] = None, proc: Path = Path("/proc"))
                       or any(a == "--http-port" and b == str(http_port) for a, b in zip(argv, argv[1:]))]
     if len(candidates) != 1:
         found = ", ".join(str(pid) for pid, _ in candidates) or "none"
-        raise RuntimeError(
+        raise SupervisorError(
             f"found {'no' if not candidates else 'more than one'} tritonserver process on this host (pids: {found}); "
             "pass --pid PID (the supervisor must run in the server's pid namespace)"
         )
