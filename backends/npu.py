@@ -19,7 +19,7 @@ Options (config.pbtxt parameters ``npu.<key>``):
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 

@@ -6,7 +6,6 @@ in-process on the bundle's fp32 model.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import random

@@ -179,7 +179,6 @@ def test_runtime_cause_keeps_what_follows_the_first_line():
 
 
 def test_position_tables_of_two_sizes_set_no_sequence_limit_and_ml_models_allow_nan():
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     tables = [numpy_helper.from_array(np.zeros((77, 4), np.float32), "text.position_embedding.weight"),
