@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional
 
+from portable_ep.backends.artifacts import is_servable
 from portable_ep.backends.cache_dirs import default_cache_dir
 
 
@@ -47,7 +48,7 @@ def expected_sums(manifest: Mapping, servable_only: bool = False) -> Dict[str, s
     for entry in manifest.get("variants") or []:
         if not isinstance(entry, dict) or not entry.get("file"):
             continue
-        if servable_only and entry.get("status", "ok") == "failed":
+        if servable_only and not is_servable(entry):
             continue
         if entry.get("sha256"):
             sums[entry["file"]] = entry["sha256"]

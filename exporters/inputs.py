@@ -19,7 +19,6 @@ import numpy as np
 
 from portable_ep.exporters import synthetic
 from portable_ep.exporters.errors import ExportError
-from portable_ep.exporters.samples import rows, take  # noqa: F401  (re-exported: older imports)
 from portable_ep.exporters.signature import Signature, concrete_shape, symbolic_sizes
 
 Feeds = Dict[str, np.ndarray]
@@ -212,18 +211,14 @@ def _values(kind: str, spec, shape, rng, vocab_sizes, text) -> np.ndarray:
 
 def vocab_sizes_from_onnx(model_or_path, signature: Signature) -> Dict[str, int]:
     """An integer input that indexes an embedding table (Gather) gets that table's row count."""
+    from portable_ep.python_backend.request_limits import embedding_vocab_sizes
+
     model = model_or_path
     if not hasattr(model, "graph"):
         import onnx
 
         model = onnx.load(str(model_or_path), load_external_data=False)
-    tables = {init.name: list(init.dims) for init in model.graph.initializer}
-    int_inputs = {s.name for s in signature.inputs if s.dtype.kind in "iu"}
-    sizes: Dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in int_inputs and node.input[0] in tables:
-            sizes[node.input[1]] = int(tables[node.input[0]][0])
-    return sizes
+    return embedding_vocab_sizes(model, [s.name for s in signature.inputs if s.dtype.kind in "iu"])
 
 
 def check_inputs(feeds: Mapping[str, np.ndarray], signature: Signature, what: str, vocab_sizes=None) -> None:

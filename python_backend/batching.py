@@ -16,7 +16,7 @@ from portable_ep.backends.base import Session
 from portable_ep.backends.dtypes import short_type_name
 from portable_ep.exporters.errors import runtime_cause
 from portable_ep.python_backend.model_config import ServingConfig, TensorSpec
-from portable_ep.python_backend.request_limits import RequestLimitError, RequestLimits
+from portable_ep.python_backend.request_limits import RequestLimitError, RequestLimits, symbol_uses
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -40,14 +40,9 @@ def shared_dimensions(session: Session, batched: bool, shapes: Optional[Mapping[
     same "sequence", so a request whose inputs disagree is refused here with a clear
     message instead of failing deep inside the runtime.
     """
-    symbols: Dict[str, List[Tuple[str, int]]] = {}
-    shapes = shapes or {tensor.name: tensor.shape for tensor in session.inputs}
-    for name, shape in shapes.items():
-        for axis, dim in enumerate(shape):
-            # "?" and "" are how exporters write an unnamed dim: two of them need not agree.
-            if isinstance(dim, str) and dim.strip() not in ("?", "", "-1") and not (batched and axis == 0):
-                symbols.setdefault(dim, []).append((name, axis))
-    return {symbol: uses for symbol, uses in symbols.items() if len(uses) > 1}
+    uses = symbol_uses(shapes or {tensor.name: tensor.shape for tensor in session.inputs})
+    shared = {symbol: [(name, axis) for name, axis in where if not (batched and axis == 0)] for symbol, where in uses.items()}
+    return {symbol: where for symbol, where in shared.items() if len(where) > 1}
 
 
 def validate_request(feeds: Feeds, config: ServingConfig, shared_dims: Mapping[str, Sequence[Tuple[str, int]]] = ()) -> int:
@@ -187,7 +182,7 @@ class BatchExecutor:
         for index, feeds in enumerate(requests):
             try:
                 batch = validate_request(feeds, self.config, self.shared_dims)
-                self.limits.check(feeds, self.config.batched)
+                self.limits.check(feeds)
                 pending.append(_Pending(index, feeds, batch))
             except RequestLimitError as exc:
                 results[index] = RequestError(str(exc))

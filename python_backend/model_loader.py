@@ -84,7 +84,8 @@ def _plain_onnx_limits(artifacts, shapes) -> dict:
     except ImportError:  # the serving images need not carry onnx; the limits are then config.pbtxt's alone
         return {}
     model = onnx.load(str(artifacts.onnx), load_external_data=False)
-    ints = [t.name for t in model.graph.input if t.type.tensor_type.elem_type in (6, 7, 12, 13)]  # int32/64, uint32/64
+    ints = [t.name for t in model.graph.input
+            if onnx.helper.tensor_dtype_to_np_dtype(t.type.tensor_type.elem_type).kind in "iu"]
     return limits_from_onnx(model, shapes, ints)
 
 

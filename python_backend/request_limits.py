@@ -69,7 +69,7 @@ class RequestLimits:
         parts += [f"{name} ids < {size}" for name, size in self.vocab_sizes.items()]
         return ", ".join(parts)
 
-    def check(self, feeds: Mapping[str, np.ndarray], batched: bool) -> None:
+    def check(self, feeds: Mapping[str, np.ndarray]) -> None:
         total = 0
         for name, array in feeds.items():
             total += array.nbytes
@@ -144,12 +144,18 @@ def _bool_option(parameters: Mapping[str, str], key: str, default: bool) -> bool
 SymbolUses = Dict[str, List[Tuple[str, int]]]
 
 
+def is_named_dim(dim) -> bool:
+    """A symbolic dim with a name; "?", "" and "-1" are how exporters write an unnamed one,
+    and two unnamed dims need not agree."""
+    return isinstance(dim, str) and dim.strip() not in ("", "?", "-1")
+
+
 def symbol_uses(shapes: Mapping[str, Sequence]) -> SymbolUses:
     """``{"sequence_length": [("input_ids", 1), ("attention_mask", 1)]}`` from input shapes."""
     uses: SymbolUses = {}
     for name, shape in shapes.items():
         for axis, dim in enumerate(shape):
-            if isinstance(dim, str) and dim.strip() not in ("", "?", "-1"):
+            if is_named_dim(dim):
                 uses.setdefault(dim, []).append((name, axis))
     return uses
 
@@ -213,6 +219,18 @@ _POSITION_TABLE = re.compile(r"(position_embed|pos_embed|\bwpe\b|\.wpe\.|positio
 ROBERTA_POSITION_OFFSET = 2
 
 
+def embedding_vocab_sizes(model, int_inputs: Sequence[str]) -> Dict[str, int]:
+    """An integer input that indexes an embedding table (Gather on axis 0 of an initializer) gets its row count."""
+    tables = {init.name: list(init.dims) for init in model.graph.initializer}
+    sizes: Dict[str, int] = {}
+    for node in model.graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if (node.op_type == "Gather" and axis == 0 and len(node.input) == 2 and node.input[1] in int_inputs
+                and node.input[0] in tables):
+            sizes[node.input[1]] = int(tables[node.input[0]][0])
+    return sizes
+
+
 def limits_from_onnx(model, input_shapes: Mapping[str, Sequence], int_inputs: Sequence[str]) -> dict:
     """Vocabulary sizes and the longest sequence an ONNX graph can take, for the manifest.
 
@@ -224,20 +242,12 @@ def limits_from_onnx(model, input_shapes: Mapping[str, Sequence], int_inputs: Se
       inputs are then allowed by default.
     """
     tables = {init.name: list(init.dims) for init in model.graph.initializer}
-    vocab: Dict[str, int] = {}
-    for node in model.graph.node:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if (node.op_type == "Gather" and axis == 0 and len(node.input) == 2 and node.input[1] in int_inputs
-                and node.input[0] in tables):
-            vocab[node.input[1]] = int(tables[node.input[0]][0])
+    vocab = embedding_vocab_sizes(model, int_inputs)
     limits: dict = {"vocab_sizes": vocab}
     if any(node.domain == "ai.onnx.ml" for node in model.graph.node):
         limits["allows_non_finite"] = True
     positions = {dims[0] for name, dims in tables.items() if len(dims) == 2 and _POSITION_TABLE.search(name)}
-    symbols = {
-        dim for name in vocab for dim in list(input_shapes.get(name, ()))[1:]
-        if isinstance(dim, str) and dim.strip() not in ("", "?", "-1")
-    }
+    symbols = {dim for name in vocab for dim in list(input_shapes.get(name, ()))[1:] if is_named_dim(dim)}
     if len(positions) == 1 and len(symbols) == 1:
         limits["max_dims"] = {symbols.pop(): int(positions.pop())}
         limits["origin"] = "the model's position table"

@@ -32,7 +32,7 @@ def test_defaults_come_from_the_model():
     assert limits.max_bytes == DEFAULT_MAX_BYTES and limits.vocab_sizes == {"input_ids": 100}
     assert limits.dims["sequence"].size == 64
     assert set(limits.dims["sequence"].uses) == {("input_ids", 1), ("attention_mask", 1)}
-    limits.check(ids(range(64)), batched=True)  # the longest sequence, every id in range: fine
+    limits.check(ids(range(64)))  # the longest sequence, every id in range: fine
 
 
 @pytest.mark.parametrize("feeds, words", [
@@ -45,7 +45,7 @@ def test_defaults_come_from_the_model():
 def test_each_refusal_names_the_problem_and_the_option(feeds, words):
     limits = build_limits({}, {**SHAPES, "x": ("batch", 2)}, MODEL_LIMITS)
     with pytest.raises(RequestLimitError) as error:
-        limits.check(feeds, batched=True)
+        limits.check(feeds)
     assert all(w in str(error.value) for w in words), str(error.value)
 
 
@@ -55,13 +55,13 @@ def test_config_parameters_override_and_switch_off():
     limits = build_limits(parameters, SHAPES, MODEL_LIMITS)
     assert limits.dims["sequence"].size == 16 and limits.dims["sequence"].origin == "config.pbtxt"
     assert limits.vocab_sizes == {} and not limits.check_finite
-    limits.check(ids([-5] * 16), batched=True)  # ids no longer checked
+    limits.check(ids([-5] * 16))  # ids no longer checked
     with pytest.raises(RequestLimitError, match="17"):
-        limits.check(ids([1] * 17), batched=True)
+        limits.check(ids([1] * 17))
     with pytest.raises(RequestLimitError, match="request.max_elements"):
-        build_limits({"request.max_elements": "20"}, SHAPES, {}).check(ids([1] * 21), batched=True)
+        build_limits({"request.max_elements": "20"}, SHAPES, {}).check(ids([1] * 21))
     with pytest.raises(RequestLimitError, match="request.max_bytes"):
-        build_limits({"request.max_bytes": "100"}, SHAPES, {}).check(ids([1] * 8), batched=True)
+        build_limits({"request.max_bytes": "100"}, SHAPES, {}).check(ids([1] * 8))
     assert not build_limits({"request.max_dim.sequence": "0"}, SHAPES, MODEL_LIMITS).dims  # 0: no limit
     assert build_limits({"request.max_bytes": "0"}, SHAPES, {}).max_bytes == 0
 
@@ -198,7 +198,7 @@ def test_position_tables_of_two_sizes_set_no_sequence_limit_and_ml_models_allow_
     ml = limits_from_onnx(helper.make_model(tree), {"x": ("batch", 3)}, [])
     assert ml["allows_non_finite"] is True
     limits = build_limits({}, {"x": ("batch", 3)}, ml)
-    limits.check({"x": np.array([[np.nan, 1.0, 2.0]], np.float32)}, batched=True)  # NaN means "missing" there
+    limits.check({"x": np.array([[np.nan, 1.0, 2.0]], np.float32)})  # NaN means "missing" there
     assert build_limits({"request.check_finite": "true"}, {"x": ("batch", 3)}, ml).check_finite
 
 
