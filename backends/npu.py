@@ -34,7 +34,7 @@ from portable_ep.backends.base import (
     select_variant,
 )
 from portable_ep.backends.cache_dirs import cache_dir_option
-from portable_ep.backends.openvino_cpu import infer_or_recompile
+from portable_ep.backends.openvino_cpu import RecompilingRequest
 
 INSTALL_HINT = "pip install 'portable-ep[openvino]'"
 PRECISIONS = ("int8", "fp16")
@@ -153,10 +153,8 @@ class NpuSession(Session):
     """A model compiled for the NPU (or its CPU emulation) with fixed input shapes."""
 
     def __init__(self, compile_model, precision: str, device: str, description: str):
-        #: Compiles the model again (after a failed request, see infer_or_recompile).
-        self._compile = compile_model
-        self._compiled = compiled = compile_model()
-        self._request = compiled.create_infer_request()
+        self._model = RecompilingRequest(compile_model)
+        compiled = self._model.compiled
         self.provider = "npu"
         self.precision = precision
         self.device = device
@@ -164,8 +162,6 @@ class NpuSession(Session):
         self.inputs = [_tensor_info(p) for p in compiled.inputs]
         self.outputs = [_tensor_info(p) for p in compiled.outputs]
         self._static_shapes = {info.name: tuple(info.shape) for info in self.inputs}
-        # By index, not port object: the ports change when the model is compiled again.
-        self._output_ports = [(info.name, index) for index, info in enumerate(self.outputs)]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
         # An NPU graph runs exactly one shape; say so instead of letting the runtime
@@ -177,13 +173,11 @@ class NpuSession(Session):
                     f"input {name!r} has shape {list(array.shape)} but the npu model is compiled for the static shape "
                     f"{list(static)}; send exactly that shape (batch size {static[0] if static else '-'} per request)"
                 )
-        results = infer_or_recompile(self, feeds)
-        return {name: results[port] for name, port in self._output_ports}
+        results = self._model.infer(feeds)
+        return {info.name: results[index] for index, info in enumerate(self.outputs)}
 
     def close(self) -> None:
-        self._request = None
-        self._compiled = None
-        self._compile = None
+        self._model.close()
 
 
 def _tensor_info(port) -> TensorInfo:
@@ -255,7 +249,7 @@ class NpuProvider(Provider):
             target, device, where = "CPU", EMULATED_DEVICE, f"npu (emulated on CPU: {_full_name(core, 'CPU')}; no NPU device)"
         description = f"OpenVINO {version} on {where}, {request.precision}, {variant.path.name}"
         session = NpuSession(lambda: core.compile_model(model, target, config), request.precision, device, description)
-        if cache is not None and _loaded_from_cache(session._compiled):
+        if cache is not None and _loaded_from_cache(session._model.compiled):
             session.description += f", compiled blob from cache {cache}"
         return session
 

@@ -6,7 +6,7 @@ for fp32 and make bf16 an explicit choice that needs native BF16 hardware.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -53,58 +53,66 @@ def _shape_of(partial_shape) -> tuple:
     return tuple(d.get_length() if d.is_static else None for d in partial_shape)
 
 
-def infer_or_recompile(session, feeds: Mapping[str, np.ndarray]):
-    """``session._request.infer(feeds)``; after any failure the session is compiled afresh.
+class RecompilingRequest:
+    """An OpenVINO compiled model and its InferRequest, compiled afresh after any failed infer().
 
     A failed infer() leaves the CPU plugin's graph (shared by every InferRequest of the
     compiled model) with half-updated shapes: a 3×2×2 image sent to a CNN, and every
     32×32 image after it failed too, even from a fresh InferRequest (measured with
     OpenVINO 2026.4, FACTS.md). Only a new compiled model served again, so that is what
     a failure costs: one compile of the model already in memory (18 ms for a tiny CNN),
-    paid by the bad request, never by the next good one.
+    paid by the bad request, never by the next good one. Outputs are read by index: the
+    ports change with each compile.
     """
-    if session._request is None:  # an earlier compile after a failure failed too (e.g. memory): try again
-        session._compiled = session._compile()
-        session._request = session._compiled.create_infer_request()
-    try:
-        return session._request.infer(dict(feeds))
-    except Exception:
-        # Let the poisoned model go first: two compiled copies of a large model may not fit.
-        session._request = session._compiled = None
+
+    def __init__(self, compile_model: Callable[[], object]):
+        self._compile = compile_model
+        self.compiled = compile_model()
+        self._request = self.compiled.create_infer_request()
+
+    def _renew(self) -> None:
+        self.compiled = self._compile()
+        self._request = self.compiled.create_infer_request()
+
+    def infer(self, feeds: Mapping[str, np.ndarray]):
+        if self._request is None:  # the compile after an earlier failure failed too (e.g. memory): try again
+            self._renew()
         try:
-            session._compiled = session._compile()
-            session._request = session._compiled.create_infer_request()
-        except Exception:  # noqa: BLE001 - compiled at the next request; this request's own error is reported
-            session._request = session._compiled = None
-        raise
+            return self._request.infer(dict(feeds))
+        except Exception:
+            # Let the poisoned model go first: two compiled copies of a large model may not fit.
+            self._request = self.compiled = None
+            try:
+                self._renew()
+            except Exception:  # noqa: BLE001 - compiled at the next request; this request's own error is reported
+                self._request = self.compiled = None
+            raise
+
+    def close(self) -> None:
+        self._request = self.compiled = self._compile = None
 
 
 class OpenVINOSession(Session):
     def __init__(self, ov, model_path, config: Mapping[str, str], precision: str):
         core = ov.Core()
         model = core.read_model(str(model_path))
-        self._compile = lambda: core.compile_model(model, "CPU", dict(config))
-        self._compiled = self._compile()
-        self._request = self._compiled.create_infer_request()
+        self._model = RecompilingRequest(lambda: core.compile_model(model, "CPU", dict(config)))
+        compiled = self._model.compiled
         self.provider = "openvino"
         self.precision = precision
         self.device = "cpu"
-        self.inputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in self._compiled.inputs]
-        self.outputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in self._compiled.outputs]
-        # By index, not port object: the ports change when the model is compiled again.
-        self._output_ports = [(info.name, index) for index, info in enumerate(self.outputs)]
-        actual = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.inputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in compiled.inputs]
+        self.outputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in compiled.outputs]
+        actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.description = f"OpenVINO {ov.get_version().split('-')[0]} on CPU, {precision} (inference precision {actual}), {model_path.name}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
-        results = infer_or_recompile(self, feeds)
+        results = self._model.infer(feeds)
         # infer() copies outputs (share_outputs=False), so they outlive the next call.
-        return {name: results[port] for name, port in self._output_ports}
+        return {info.name: results[index] for index, info in enumerate(self.outputs)}
 
     def close(self) -> None:
-        self._request = None
-        self._compiled = None
-        self._compile = None
+        self._model.close()
 
 
 class OpenVINOCpuProvider(Provider):

@@ -82,7 +82,7 @@ def test_unsupported_precision_and_unknown_options_are_refused(mlp_dir):
 
 def test_provider_options_reach_the_runtime(mlp_dir):
     session = _load(OpenVINOCpuProvider(), mlp_dir, options={"num_streams": "1", "inference_num_threads": "1"})
-    assert session._compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert session._model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     cpu = _load(OnnxRuntimeCpuProvider(), mlp_dir, options={"intra_op_num_threads": "1"})
     assert cpu.run(mlp_input(1, seed=0))["logits"].shape == (1, 4)
 
