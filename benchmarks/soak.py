@@ -244,7 +244,7 @@ def report(result: dict, console) -> None:
     for example in result["unexpected_examples"]:
         console.print(f"    unexpected: {example}")
     kills = Table(title="stub kills (SIGKILL)")
-    for column in ("at s", "model", "failed requests while down", "time to recover s (goal <= 10)"):
+    for column in ("at s", "model", "failed requests while down", f"time to recover s (goal <= {RECOVERY_GOAL_S:.0f})"):
         kills.add_column(column)
     for kill in result["kills"]:
         recovered = kill["recovered_after_s"]
@@ -260,7 +260,7 @@ def report(result: dict, console) -> None:
     console.print(windows)
     if result["rss_drift"]:
         worst = max(result["rss_drift"], key=lambda d: abs(d["drift"]))
-        console.print(f"  stub RSS drift after warm-up (goal < 5 %): worst {worst['drift']:+.2%} ({worst['model']}, "
+        console.print(f"  stub RSS drift after warm-up (goal < {RSS_DRIFT_GOAL:.0%}): worst {worst['drift']:+.2%} ({worst['model']}, "
                       f"{worst['first_mb']:.0f} -> {worst['last_mb']:.0f} MB over {worst['lived_s']:.0f} s); "
                       + ", ".join(f"{d['model']} {d['drift']:+.1%}" for d in result["rss_drift"]))
     else:

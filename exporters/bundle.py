@@ -22,14 +22,14 @@ import numpy as np
 from portable_ep.backends.artifacts import FORMATS, MANIFEST_NAME
 from portable_ep.exporters import onnx_variants, openvino_variants
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS
-from portable_ep.exporters.errors import ExportError, one_line as first_line
+from portable_ep.exporters.errors import ExportError, one_line
 from portable_ep.exporters.inputs import check_inputs, generate_inputs, load_inputs, vocab_sizes_from_onnx
 from portable_ep.exporters.samples import Feeds, rows, take, to_unbatched
 from portable_ep.exporters.manifest import file_entry, now_utc, sha256_of, tool_versions, write_manifest
 from portable_ep.exporters.progress import Stages
 from portable_ep.exporters.signature import Signature, signature_from_onnx
 from portable_ep.exporters.sources import Source, resolve_source
-from portable_ep.exporters.verify import measure, run_variant
+from portable_ep.exporters.verify import measure, run_variant, variant_session
 from portable_ep.python_backend.request_limits import ROBERTA_POSITION_OFFSET, limits_from_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -260,7 +260,7 @@ class _Exporter:
                 return run_variant(self.source.path.parent, "onnx", "fp32", self.source.path, reference,
                                    self.signature.batched), "onnxruntime"
             except Exception as exc:
-                raise ExportError(f"ONNX Runtime cannot run {self.source.path} on the reference inputs: {first_line(exc)}"
+                raise ExportError(f"ONNX Runtime cannot run {self.source.path} on the reference inputs: {one_line(exc)}"
                                   f" (give inputs that fit with --golden FILE.npz or --input-shape NAME=AxBxC)") from None
 
     # -- variants --------------------------------------------------------------------------
@@ -310,17 +310,20 @@ def _unbatched_reason(signature: Signature) -> str:
 
 def batching_mismatch(model_path: Path, probe: Feeds) -> Optional[str]:
     """None when two samples stacked give what each gives alone; else why not."""
-    from portable_ep.exporters.samples import join, model_calls
+    from portable_ep.exporters.samples import run_samples
 
     try:
-        alone = join([run_variant(model_path.parent, "onnx", "fp32", model_path, call, batched=True, batch=1)
-                      for call in model_calls(probe, True, batch=1)], batched=True)
+        with variant_session(model_path.parent, "onnx", "fp32", model_path) as session:
+            try:
+                alone = run_samples(session.run, probe, batched=True, batch=1)
+            except Exception:
+                return None  # these inputs do not fit the model at all: that says nothing about batching
+            try:
+                whole = run_samples(session.run, probe, batched=True, batch=2)
+            except Exception as exc:
+                return f"a batch of 2 fails where each sample alone runs: {one_line(exc)}"
     except Exception:
-        return None  # these inputs do not fit the model at all: that says nothing about batching
-    try:
-        whole = run_variant(model_path.parent, "onnx", "fp32", model_path, probe, batched=True, batch=2)
-    except Exception as exc:
-        return f"a batch of 2 fails where each sample alone runs: {first_line(exc)}"
+        return None  # the model does not load: export says so where it runs the model
     for name, expected in alone.items():
         got = whole.get(name)
         if got is None or got.shape != expected.shape:
@@ -401,7 +404,7 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                 accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
                                            DEFAULT_BUDGETS[precision], logits, batched)
         except Exception as exc:  # a tool's failure costs this variant, not the export
-            message = first_line(exc)
+            message = one_line(exc)
             _remove_variant_files(work, file)
             if (fmt, precision) == ("onnx", "fp32"):
                 raise ExportError(f"the fp32 ONNX model cannot run on ONNX Runtime: {message}") from None

@@ -6,31 +6,39 @@ manifest is the accuracy a served request gets.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Iterator, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from portable_ep.backends.artifacts import ModelArtifacts, Variant
-from portable_ep.backends.base import LoadRequest
+from portable_ep.backends.base import LoadRequest, Session
 from portable_ep.exporters.accuracy import compare_outputs
 from portable_ep.exporters.samples import Feeds, run_samples
 
 RUNTIME_OF_FORMAT = {"onnx": "cpu", "openvino": "openvino"}
 
 
-def run_variant(root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, batched: bool = True,
-                batch: int = 8) -> Dict[str, np.ndarray]:
-    """Every sample of ``feeds`` (in the layout of exporters/samples.py) through the provider of ``fmt``."""
+@contextmanager
+def variant_session(root: Path, fmt: str, precision: str, file: Path) -> Iterator[Session]:
+    """The variant loaded by the provider that serves its format, closed on exit."""
     from portable_ep.backends.registry import default_registry
 
     provider = default_registry().get(RUNTIME_OF_FORMAT[fmt])
     artifacts = ModelArtifacts(root=root, variants=(Variant(fmt, precision, file),))
     session = provider.load(LoadRequest(artifacts=artifacts, precision=precision))
     try:
-        return run_samples(session.run, feeds, batched, batch)
+        yield session
     finally:
         session.close()
+
+
+def run_variant(root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, batched: bool = True,
+                batch: int = 8) -> Dict[str, np.ndarray]:
+    """Every sample of ``feeds`` (in the layout of exporters/samples.py) through the provider of ``fmt``."""
+    with variant_session(root, fmt, precision, file) as session:
+        return run_samples(session.run, feeds, batched, batch)
 
 
 def measure(

@@ -84,9 +84,9 @@ def describe_wait_status(status: Optional[int]) -> str:
     return f"stopped (status {status})"
 
 
-def _read_stat(pid: int):
-    """(state, parent pid, wait status, start time) from /proc/<pid>/stat; fields after the command's ')'."""
-    text = Path(f"/proc/{pid}/stat").read_text()
+def _read_stat(process: Path):
+    """(state, parent pid, wait status, start time) from ``/proc/<pid>/stat``; fields after the command's ')'."""
+    text = (process / "stat").read_text()
     fields = text.rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state); field 22 (starttime) is fields[19]; field 52 (exit_code,
     # Linux >= 3.5, 0 without ptrace access to the process) is fields[49].
@@ -106,7 +106,7 @@ def find_stubs(server_pid: int, proc: Path = Path("/proc")) -> Dict[int, StubPro
             continue
         pid = int(entry.name)
         try:
-            state, parent, status, started = _read_stat(pid)
+            state, parent, status, started = _read_stat(entry)
             if parent != server_pid:
                 continue
             if state in ("Z", "X"):
@@ -160,9 +160,6 @@ class RepositoryAPI:
 
     def load_model(self, model: str, config: Optional[str] = None) -> None:
         self._call(f"/v2/repository/models/{model}/load", {"parameters": {"config": config}} if config else {})
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -227,7 +224,6 @@ class ModelSupervisor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._client.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
