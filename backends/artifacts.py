@@ -10,7 +10,7 @@ The manifest fields read here (the exporters write more, see
 ``portable_ep.exporters.manifest``)::
 
     {"schema_version": 1,
-     "variants": [{"format": "onnx" | "openvino", "precision": "fp32" | "fp16" | "int8",
+     "variants": [{"format": "onnx" | "openvino", "precision": "fp32" | "fp16" | "int8" | "int4",
                    "file": "model.int8.onnx",          # relative to the bundle
                    "within_budget": true,              # accuracy vs the golden outputs
                    "accuracy": {...}}, ...]}
@@ -25,7 +25,8 @@ from typing import Iterable, Optional, Sequence, Tuple
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 FORMATS = ("onnx", "openvino")
-VARIANT_PRECISIONS = ("fp32", "fp16", "int8")
+# int4: weight-only (MatMulNBits / NNCF group-wise), written for generative models.
+VARIANT_PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,13 @@ class NpuProvider(Provider):
             raise ProviderUnavailable(
                 f"unknown option(s) {', '.join('npu.' + k for k in unknown)}; known: {', '.join('npu.' + k for k in OPTION_KEYS)}"
             )
+        if (request.artifacts.manifest or {}).get("task") == "text-generation":
+            # The contract is one static-shape graph compiled ahead of time; a decoder's
+            # cache grows by one position per token, so every step would be a new shape.
+            raise ProviderUnavailable(
+                "npu contract: generative models are not served on the NPU (static shapes compiled ahead of time, "
+                "and a decoder's KV cache grows every token); serve this bundle on openvino or cpu"
+            )
         if request.precision not in PRECISIONS:
             raise ProviderUnavailable(
                 f"npu contract: precision {request.precision!r} does not run on an NPU (it runs int8, fp16); "

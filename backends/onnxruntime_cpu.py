@@ -13,8 +13,9 @@ from portable_ep.backends.base import (
 from portable_ep.backends.onnxruntime_common import OnnxRuntimeSession, import_onnxruntime, session_options
 
 INSTALL_HINT = "pip install 'portable-ep[cpu]'"
-# Each runs the ONNX variant stored in that precision (fp16 runs slowly on CPU, but runs).
-PRECISIONS = ("fp32", "fp16", "int8")
+# Each runs the ONNX variant stored in that precision (fp16 runs slowly on CPU, but runs;
+# int4 is MatMulNBits, which ONNX Runtime has CPU kernels for).
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 class OnnxRuntimeCpuProvider(Provider):

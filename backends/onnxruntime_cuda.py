@@ -31,7 +31,8 @@ from portable_ep.backends.onnxruntime_common import OnnxRuntimeSession, import_o
 
 CUDA_OPTION_KEYS = ("gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search", "preload_dlls", "use_tf32")
 TENSORRT_OPTION_KEYS = ("tensorrt", "trt_engine_cache_path", "trt_max_workspace_size", "trt_builder_optimization_level")
-PRECISIONS = ("fp32", "fp16", "int8")
+# int4: MatMulNBits has CUDA kernels; the TensorRT EP leaves it to CUDA.
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 INSTALL_HINT = "pip install 'portable-ep[cuda]' (onnxruntime-gpu replaces onnxruntime in that environment)"
 TENSORRT_HINT = (
     "pip install 'portable-ep[tensorrt]' (the TensorRT libraries onnxruntime-gpu's TensorRT EP loads), "

@@ -27,7 +27,8 @@ INSTALL_HINT = "pip install 'portable-ep[openvino]'"
 # Serving precision -> (variant precision to load, INFERENCE_PRECISION_HINT). bf16 is a
 # runtime choice on the fp32 weights; int8/fp16 variants keep f32 for their float
 # parts so their accuracy is what the exporter measured.
-PRECISION_PLAN = {"fp32": ("fp32", "f32"), "bf16": ("fp32", "bf16"), "fp16": ("fp16", "f32"), "int8": ("int8", "f32")}
+PRECISION_PLAN = {"fp32": ("fp32", "f32"), "bf16": ("fp32", "bf16"), "fp16": ("fp16", "f32"), "int8": ("int8", "f32"),
+                  "int4": ("int4", "f32")}
 # IR first (what the exporter tuned for OpenVINO), ONNX otherwise: OpenVINO reads both.
 FORMATS = ("openvino", "onnx")
 
@@ -128,7 +129,7 @@ class OpenVINOCpuProvider(Provider):
             return Availability.unavailable(f"openvino failed to start: {exc}")
         if "CPU" not in devices:
             return Availability.unavailable(f"OpenVINO lists no CPU device (devices: {devices})")
-        caps = ["fp32", "fp16", "int8"]
+        caps = ["fp32", "fp16", "int8", "int4"]
         if detect_cpu_features().native_bf16:
             caps.append("bf16")
         return Availability.available(devices=("CPU",), capabilities=caps)

@@ -16,7 +16,7 @@ from portable_ep.backends.artifacts import MANIFEST_NAME, is_servable
 from portable_ep.exporters.errors import ExportError
 from portable_ep.exporters.manifest import read_manifest
 from portable_ep.exporters.signature import Signature
-from portable_ep.exporters.triton_config import TensorDecl, build_model_config, config_to_pbtxt
+from portable_ep.exporters.triton_config import TensorDecl, build_generation_config, build_model_config, config_to_pbtxt
 from portable_ep.python_backend.model_loader import PRECISIONS as SERVING_PRECISIONS
 
 
@@ -39,7 +39,7 @@ def _check(options: RepoOptions, manifest: dict, bundle: Path) -> None:
         raise ExportError(f"unknown precision {options.precision!r}; choose one of {', '.join(SERVING_PRECISIONS)}")
     stored = {v["precision"] for v in manifest.get("variants", []) if is_servable(v)}
     wanted = options.precision or "fp32"
-    if wanted in ("fp16", "int8") and wanted not in stored:
+    if wanted in ("fp16", "int8", "int4") and wanted not in stored:
         raise ExportError(
             f"{bundle} has no {wanted} variant (it has {', '.join(sorted(stored))}); "
             f"re-export with --precisions fp32,{wanted}"
@@ -59,13 +59,7 @@ def unbatched_reason(manifest: dict) -> Optional[str]:
     return reason[len("shapes: "):] if reason.startswith("shapes: ") else reason
 
 
-def add_to_repository(bundle, repository, name: str, options: Optional[RepoOptions] = None,
-                      notes: Optional[list] = None) -> Path:
-    """Copy ``bundle`` into ``repository/name`` with its config.pbtxt; ``notes`` gets what the user should know."""
-    options = options or RepoOptions()
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    _check(options, manifest, bundle)
+def _single_pass_config(name: str, manifest: dict, options: RepoOptions, notes: Optional[list]):
     signature = Signature.from_dict(manifest["signature"])
     max_batch = options.max_batch_size if signature.batched else 0
     reason = unbatched_reason(manifest)
@@ -73,12 +67,29 @@ def add_to_repository(bundle, repository, name: str, options: Optional[RepoOptio
         notes.append(f"max_batch_size 0: the model cannot batch ({reason}); each request is one sample "
                      "with the model's own shape")
     decls = lambda specs: [TensorDecl(s.name, s.dtype, signature.triton_dims(s)) for s in specs]  # noqa: E731
-    config = build_model_config(
+    return build_model_config(
         name, decls(signature.inputs), decls(signature.outputs), max_batch_size=max_batch,
         dynamic_batching_delay_us=options.dynamic_batching_delay_us if max_batch else None,
         instances=options.instances, instance_kind=options.instance_kind, providers=options.providers,
         precision=options.precision, parameters=options.parameters,
     )
+
+
+def add_to_repository(bundle, repository, name: str, options: Optional[RepoOptions] = None,
+                      notes: Optional[list] = None) -> Path:
+    """Copy ``bundle`` into ``repository/name`` with its config.pbtxt; ``notes`` gets what the user should know."""
+    options = options or RepoOptions()
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    _check(options, manifest, bundle)
+    if manifest.get("task") == "text-generation":
+        config = build_generation_config(name, instance_kind=options.instance_kind, providers=options.providers,
+                                         precision=options.precision, parameters=options.parameters)
+        if notes is not None and (options.instances != 1 or options.max_batch_size != RepoOptions.max_batch_size):
+            notes.append("a generative model runs one instance that batches sequences between decode steps; "
+                         "--instances and --max-batch-size do not apply (set parameter generation.max_batch)")
+    else:
+        config = _single_pass_config(name, manifest, options, notes)
     model_dir = Path(repository) / name
     version_dir = model_dir / str(options.version)
     if version_dir.exists() and not options.overwrite:

@@ -70,6 +70,42 @@ def build_model_config(
     return config
 
 
+# vLLM's Triton backend I/O (name, type, optional): its clients and genai-perf use it as is.
+GENERATION_INPUTS = (("text_input", "TYPE_STRING", False), ("stream", "TYPE_BOOL", True),
+                     ("sampling_parameters", "TYPE_STRING", True), ("exclude_input_in_output", "TYPE_BOOL", True))
+GENERATION_OUTPUT = "text_output"
+
+
+def build_generation_config(
+    name: str,
+    *,
+    instance_kind: str = "KIND_CPU",
+    providers: Optional[str] = None,
+    precision: Optional[str] = None,
+    parameters: Optional[Mapping[str, str]] = None,
+):
+    """config.pbtxt of a generative bundle: decoupled (streamed responses), one instance, no Triton batching.
+
+    Batching happens inside the backend between decode steps (continuous batching), so
+    Triton hands requests over at once (max_batch_size 0) and one instance owns the model.
+    """
+    pb2 = _model_config_pb2()
+    config = pb2.ModelConfig(name=name, backend=BACKEND_NAME, max_batch_size=0)
+    config.model_transaction_policy.decoupled = True
+    for input_name, data_type, optional in GENERATION_INPUTS:
+        config.input.add(name=input_name, data_type=pb2.DataType.Value(data_type), dims=[1], optional=optional)
+    config.output.add(name=GENERATION_OUTPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[-1])
+    config.instance_group.add(count=1, kind=pb2.ModelInstanceGroup.Kind.Value(instance_kind))
+    params: Dict[str, str] = dict(parameters or {})
+    if providers:
+        params["providers"] = providers
+    if precision:
+        params["precision"] = precision
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    return config
+
+
 def config_to_pbtxt(config) -> str:
     from google.protobuf import text_format
 

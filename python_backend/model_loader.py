@@ -25,7 +25,7 @@ from portable_ep.backends.integrity import verify_for_load
 from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
 from portable_ep.python_backend.request_limits import LimitConfigError, RequestLimits, build_limits, limits_from_onnx
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", AUTO)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", AUTO)
 
 
 def signature_mismatches(config: ServingConfig, session: Session) -> List[str]:
@@ -108,16 +108,29 @@ def request_limits(config: ServingConfig, artifacts, shapes: dict) -> RequestLim
         raise ModelConfigError(f"model {config.name!r}: {exc}") from None
 
 
-def load_model(
+@dataclass
+class ResolvedSession:
+    """The provider session the chain chose for a model, before any task-specific checks."""
+
+    resolution: ChainResolution
+    artifacts: object
+    precision: str  # served precision (for ``auto``, the one chosen)
+    chain: List[str]
+    auto_reason: str = ""
+
+
+def resolve_session(
     config: ServingConfig,
     version_dir: Path,
     device_id: int = 0,
     registry: Optional[ProviderRegistry] = None,
-) -> LoadedModel:
+    precisions: tuple = PRECISIONS,
+) -> ResolvedSession:
+    """Verify the bundle's files and load it on the first provider of the chain that can serve it."""
     chain = parse_provider_chain(config.parameters.get("providers"))
     precision = (config.parameters.get("precision") or "fp32").lower()
-    if precision not in PRECISIONS:
-        raise ModelConfigError(f"parameter precision={precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision not in precisions:
+        raise ModelConfigError(f"parameter precision={precision!r}; use one of {', '.join(precisions)}")
     artifacts = find_model_artifacts(version_dir)
     if artifacts.manifest is not None:
         verify_for_load(artifacts.root, artifacts.manifest)
@@ -133,16 +146,27 @@ def load_model(
         return LoadRequest(artifacts=artifacts, precision=chosen, options=options.get(name, {}), device_id=device_id)
 
     resolution = resolve_provider_chain(chain, make_request, registry)
+    served = resolution.session.precision if precision == AUTO else precision
+    return ResolvedSession(resolution, artifacts, served, chain, auto_reasons.get(resolution.provider, ""))
+
+
+def load_model(
+    config: ServingConfig,
+    version_dir: Path,
+    device_id: int = 0,
+    registry: Optional[ProviderRegistry] = None,
+) -> LoadedModel:
+    resolved = resolve_session(config, version_dir, device_id, registry)
+    resolution, artifacts = resolved.resolution, resolved.artifacts
     problems = signature_mismatches(config, resolution.session)
     if problems:
         resolution.session.close()
         raise ModelConfigError(f"config.pbtxt of model {config.name!r} does not match {artifacts.describe()}: " + "; ".join(problems))
-    served = resolution.session.precision if precision == AUTO else precision
     shapes = symbolic_input_shapes(artifacts, resolution.session)
     try:
         limits = request_limits(config, artifacts, shapes)
     except Exception:
         resolution.session.close()
         raise
-    return LoadedModel(resolution=resolution, precision=served, chain=chain,
-                       auto_reason=auto_reasons.get(resolution.provider, ""), limits=limits, input_shapes=shapes)
+    return LoadedModel(resolution=resolution, precision=resolved.precision, chain=resolved.chain,
+                       auto_reason=resolved.auto_reason, limits=limits, input_shapes=shapes)

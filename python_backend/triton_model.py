@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from portable_ep.python_backend.batching import BatchExecutor
+from portable_ep.python_backend.generation_model import GenerationServing, is_generative, load_generator
 from portable_ep.python_backend.metrics import BackendMetrics
 from portable_ep.python_backend.model_config import parse_model_config
 from portable_ep.python_backend.model_loader import load_model
@@ -43,9 +44,14 @@ class TritonModel:
     def initialize(self, args):
         pb, log = self.pb, self.pb.Logger
         _check_numpy(log)
-        config = parse_model_config(json.loads(args["model_config"]))
+        raw_config = json.loads(args["model_config"])
+        config = parse_model_config(raw_config)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         device_id = int(args.get("model_instance_device_id") or 0)
+        self.generation = None
+        if is_generative(version_dir):
+            self._initialize_generation(args, raw_config, config, version_dir, device_id)
+            return
         loaded = load_model(config, version_dir, device_id=device_id)
         resolution = loaded.resolution
         where = f"{LOG_PREFIX}: model {config.name!r} instance {args.get('model_instance_name', '')}"
@@ -67,7 +73,28 @@ class TritonModel:
         self.metrics = BackendMetrics(pb, config.name, args["model_version"], resolution, loaded.precision,
                                       restarts=restarts if first_instance else 0, restart_cause=cause)
 
+    def _initialize_generation(self, args, raw_config, config, version_dir, device_id) -> None:
+        log = self.pb.Logger
+        where = f"{LOG_PREFIX}: model {config.name!r} instance {args.get('model_instance_name', '')}"
+        decoupled = bool((raw_config.get("model_transaction_policy") or {}).get("decoupled"))
+        loaded = load_generator(config, version_dir, device_id=device_id, log=log.log_error, decoupled=decoupled)
+        resolution = loaded.resolved.resolution
+        for skipped in resolution.skipped:
+            log.log_warn(f"{where}: skipped provider {skipped.name!r}: {skipped.reason}")
+        log.log_info(f"{where}: generating on provider {resolution.provider!r}: {resolution.session.description}; "
+                     f"{loaded.describe_limits()}")
+        self.config, self.session = config, resolution.session
+        restarts, cause = restart_note(config.parameters)
+        if restarts:
+            log.log_warn(f"{where}: restart {restarts} after the model's stub died: {cause}")
+        first_instance = str(args.get("model_instance_name", "")).rsplit("_", 1)[-1] == "0"
+        self.metrics = BackendMetrics(self.pb, config.name, args["model_version"], resolution, loaded.resolved.precision,
+                                      restarts=restarts if first_instance else 0, restart_cause=cause)
+        self.generation = GenerationServing(self.pb, config, loaded, self.metrics)
+
     def execute(self, requests):
+        if self.generation is not None:
+            return self.generation.execute(requests)
         pb = self.pb
         feeds = [{t.name(): t.as_numpy() for t in request.inputs()} for request in requests]
         started = time.perf_counter()
@@ -86,5 +113,9 @@ class TritonModel:
         return responses
 
     def finalize(self):
+        if self.generation is not None:
+            self.generation.finalize()
+            self.metrics.close()
+            return
         self.metrics.close()
         self.session.close()

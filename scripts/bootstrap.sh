@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-EXTRAS="${EXTRAS:-cpu,openvino,server,export,check,minilm,images,dev}"
+EXTRAS="${EXTRAS:-cpu,openvino,server,export,check,minilm,llm,smollm2,images,dev}"
 SYSTEM_PYTHON="${SYSTEM_PYTHON:-/usr/bin/python3.11}"
 
 need_apt=()

@@ -1,0 +1,183 @@
+"""Sampling parameters (vLLM's names and defaults) and the sampler that applies them.
+
+The Triton model takes them as vLLM's backend does: a JSON object in the
+``sampling_parameters`` input, and/or request parameters (what Triton's HTTP
+``/generate`` puts under ``"parameters"``). Values may arrive as strings there, so
+each field is converted by its type; a wrong value or an unknown name is refused
+with a message naming it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+
+class SamplingError(ValueError):
+    """A sampling parameter the request got wrong; the message names it."""
+
+
+# Accepted for compatibility with vLLM clients, meaningful only at their defaults here.
+_ONLY_DEFAULT = {"n": 1, "best_of": 1, "logprobs": None, "prompt_logprobs": None, "use_beam_search": False}
+# Keys Triton clients send beside the sampling parameters (read elsewhere or by Triton).
+_NOT_SAMPLING = {"stream", "exclude_input_in_output", "return_finish_reason", "return_num_output_tokens",
+                 "return_num_input_tokens", "text_input"}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    seed: Optional[int] = None
+    stop: List[str] = field(default_factory=list)
+    stop_token_ids: List[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @classmethod
+    def from_request(cls, sampling_json: Optional[str], parameters: Optional[Mapping[str, Any]] = None) -> "SamplingParams":
+        """Merge request parameters (known names only) and the JSON input (every name must be known)."""
+        values: dict = {}
+        known = {f.name for f in fields(cls)}
+        for key, value in (parameters or {}).items():
+            if key in known or key in _ONLY_DEFAULT:
+                values[key] = value
+        if sampling_json:
+            try:
+                given = json.loads(sampling_json)
+            except json.JSONDecodeError as exc:
+                raise SamplingError(f"sampling_parameters is not JSON ({exc.msg} at position {exc.pos})") from None
+            if not isinstance(given, dict):
+                raise SamplingError("sampling_parameters must be a JSON object, e.g. {\"max_tokens\": 64, \"temperature\": 0}")
+            unknown = sorted(set(given) - known - set(_ONLY_DEFAULT) - _NOT_SAMPLING)
+            if unknown:
+                raise SamplingError(f"unknown sampling parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            values.update({k: v for k, v in given.items() if k not in _NOT_SAMPLING})
+        return cls.build(values)
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any]) -> "SamplingParams":
+        for key, default in _ONLY_DEFAULT.items():
+            if key in values and values[key] not in (default, str(default), None):
+                raise SamplingError(f"{key}={values[key]!r} is not supported (one sequence per request, no logprobs)")
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in values and values[f.name] is not None:
+                kwargs[f.name] = _convert(f.name, values[f.name], f.type)
+        params = cls(**kwargs)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        checks = [
+            (self.max_tokens >= 1, "max_tokens must be at least 1"),
+            (0 <= self.min_tokens <= self.max_tokens, "min_tokens must be between 0 and max_tokens"),
+            (self.temperature >= 0, "temperature must be >= 0 (0 is greedy)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k == -1 or self.top_k >= 0, "top_k must be -1 or 0 (off) or a positive count"),
+            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop must be a string or a list of non-empty strings"),
+            (self.seed is None or self.seed >= 0, "seed must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SamplingError(message)
+
+
+def _convert(name: str, value: Any, kind: str):
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if not np.isfinite(number):
+                raise ValueError
+            return number
+        if kind == "Optional[int]":
+            return None if value in ("", "null") else _convert(name, value, "int")
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1"):
+                return True
+            if text in ("false", "0"):
+                return False
+            raise ValueError
+        if kind == "List[str]":
+            if isinstance(value, str):
+                return [value]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise ValueError
+        if kind == "List[int]":
+            if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return list(value)
+            raise ValueError
+    except (TypeError, ValueError):
+        pass
+    wanted = {"int": "an integer", "float": "a number", "Optional[int]": "an integer", "bool": "true or false",
+              "List[str]": "a string or a list of strings", "List[int]": "a list of integers"}[kind]
+    raise SamplingError(f"sampling parameter {name}={value!r} must be {wanted}")
+
+
+class Sampler:
+    """Next token of one sequence from its logits row; owns the sequence's random stream."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int], banned: Sequence[int] = ()) -> int:
+        p = self.params
+        logits = np.asarray(logits, np.float64)
+        if banned or p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            logits = logits.copy()
+            if banned:  # end-of-sequence tokens before min_tokens
+                logits[list(banned)] = -np.inf
+            if len(history):
+                counts = np.bincount(np.asarray(history, np.int64), minlength=logits.shape[0])[: logits.shape[0]]
+                seen = counts > 0
+                if p.repetition_penalty != 1.0:
+                    logits[seen] = np.where(logits[seen] > 0, logits[seen] / p.repetition_penalty,
+                                            logits[seen] * p.repetition_penalty)
+                logits -= p.frequency_penalty * counts + p.presence_penalty * seen
+        if p.greedy:
+            return int(np.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k > 0 and p.top_k < logits.shape[0]:
+            kth = np.partition(logits, -p.top_k)[-p.top_k]
+            logits = np.where(logits < kth, -np.inf, logits)
+        probs = np.exp(logits - np.max(logits))
+        probs /= probs.sum()
+        if p.min_p > 0:
+            probs = np.where(probs < p.min_p * probs.max(), 0.0, probs)
+            probs /= probs.sum()
+        if p.top_p < 1.0:
+            order = np.argsort(-probs)
+            cumulative = np.cumsum(probs[order])
+            # keep the smallest prefix whose mass reaches top_p (at least one token)
+            cut = int(np.searchsorted(cumulative, p.top_p)) + 1
+            kept = np.zeros_like(probs)
+            kept[order[:cut]] = probs[order[:cut]]
+            probs = kept / kept.sum()
+        return int(self.rng.choice(probs.shape[0], p=probs))
