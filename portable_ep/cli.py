@@ -182,7 +182,8 @@ def _cmd_check(args) -> int:
 
     target = Target(url=args.url, model=args.model, protocol=args.protocol, bundle=Path(args.bundle),
                     metrics_url=args.metrics_url, label=args.label)
-    options = CheckOptions(concurrency=[int(c) for c in _csv(args.concurrency)], requests=args.requests,
+    options = CheckOptions(concurrency=[int(c) for c in _csv(args.concurrency)] if args.concurrency else None,
+                           requests=args.requests, max_tokens=args.max_tokens,
                            budget=LatencyBudget(p99_ms_at_1=args.p99_budget_ms, min_ratio=args.min_ratio))
     report = run_check(target, options)
     out = Path(args.out or Path("check-report") / args.model)
@@ -380,10 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         "concurrency sweep with an async client (p50/p90/p99, inferences/s, concurrency achieved), beside the "
         "in-process throughput of the same provider at the same batch sizes (served/raw). Writes report.json, "
         "report.md and report.png. Exit codes: 0 within budget, 1 accuracy failure, 2 latency budget missed, "
-        "3 could not reach or load the model.",
+        "3 could not reach or load the model. A generative bundle (export --task text-generation) is checked "
+        "over gRPC streaming instead: greedy tokens vs the source's, teacher-forced top-1 agreement and perplexity "
+        "in-process, and per concurrency time to first token, inter-token latency p50/p99 and output tokens/s "
+        "beside the same engine loop in-process.",
         epilog="examples:\n"
         "  portable-ep check --url 127.0.0.1:8001 --model minilm --bundle bundles/minilm --out reports/cpu\n"
         "  portable-ep check --url 127.0.0.1:8000 --protocol http --model minilm --bundle bundles/minilm --p99-budget-ms 20\n"
+        "  portable-ep check --url 127.0.0.1:8001 --model smollm2 --bundle bundles/smollm2 --max-tokens 64\n"
         "  portable-ep check merge reports/*/report.json --out reports/matrix\n",
     )
     check.add_argument("merge", nargs="*", metavar="merge REPORT.json", help="merge reports into one matrix (matrix.md/json/png)")
@@ -392,10 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--bundle", help="the bundle the model was added from (golden inputs/outputs, budgets)")
     check.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="default: %(default)s")
     check.add_argument("--metrics-url", help="Triton's metrics, to learn the serving provider (default: http://HOST:8002/metrics)")
-    check.add_argument("--concurrency", default="1,4,16", help="requests in flight per level (default: %(default)s)")
-    check.add_argument("--requests", type=int, default=400, help="measured requests per level, after warm-up (default: %(default)s)")
+    check.add_argument("--concurrency", help="requests in flight per level (default: 1,4,16; generative models 1,4,8)")
+    check.add_argument("--requests", type=int,
+                       help="measured requests per level, after warm-up (default: 400; generative models 2 per client, at least 4)")
+    check.add_argument("--max-tokens", type=int, default=64,
+                       help="generative models: tokens each latency request generates (default: %(default)s)")
     check.add_argument("--p99-budget-ms", type=float, help="latency budget: p99 at concurrency 1 (default: none)")
-    check.add_argument("--min-ratio", type=float, help="latency budget: served/raw throughput at the highest concurrency")
+    check.add_argument("--min-ratio", type=float, help="latency budget: served/raw throughput at the highest concurrency (generative models: served/in-process tokens/s)")
     check.add_argument("--label", help="the target's name in reports (default: model, provider, precision)")
     check.add_argument("--out", help="report folder (default: check-report/MODEL; for merge: check-matrix)")
     check.set_defaults(handler=_cmd_check)

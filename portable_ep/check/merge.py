@@ -34,6 +34,9 @@ def matrix_rows(reports: List[dict]) -> List[dict]:
         at_one = next((lv for lv in levels if lv["concurrency"] == 1), None)
         top = levels[-1] if levels else None
         acc = report.get("accuracy") or {}
+        if (report.get("latency") or {}).get("kind") == "generation":
+            rows.append(_generation_row(report, target, acc, levels))
+            continue
         rows.append({
             "target": target.get("label"), "provider": target.get("provider"), "precision": target.get("precision"),
             "accuracy": ("pass" if acc.get("passed") else "FAIL") if acc.get("checked") else "not checked",
@@ -47,6 +50,23 @@ def matrix_rows(reports: List[dict]) -> List[dict]:
     return rows
 
 
+def _generation_row(report: dict, target: dict, acc: dict, levels: list) -> dict:
+    """A generative model's row: latency columns hold TTFT/ITL and tokens/s (the unit says so)."""
+    at_one = next((lv for lv in levels if lv["concurrency"] == 1), None)
+    top = levels[-1] if levels else None
+    forced = acc.get("teacher_forced") or {}
+    return {
+        "target": target.get("label"), "provider": target.get("provider"), "precision": target.get("precision"),
+        "accuracy": ("pass" if acc.get("passed") else "FAIL") if acc.get("checked") else "not checked",
+        "worst_cosine": None, "top1_agreement": forced.get("top1_agreement"), "kind": "generation",
+        "p50_ms_c1": at_one["itl_p50_ms"] if at_one else None, "ttft_p50_ms_c1": at_one["ttft_p50_ms"] if at_one else None,
+        "p99_ms_top": top["itl_p99_ms"] if top else None, "top_concurrency": top["concurrency"] if top else None,
+        "throughput_top": top["tokens_per_s"] if top else None,
+        "served_to_raw_top": top["served_to_inprocess"] if top else None,
+        "exit_code": report["verdict"]["exit_code"], "reason": report["verdict"]["reason"],
+    }
+
+
 def _f(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -55,6 +75,11 @@ def markdown(rows: List[dict]) -> str:
     lines = ["| target | provider | precision | accuracy (worst cosine) | p50 ms @1 | p99 ms @top | inferences/s @top | served/raw @top | exit |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.get("kind") == "generation":  # latency columns hold inter-token latency, throughput output tokens/s
+            lines.append(f"| {r['target']} | {r['provider'] or '?'} | {r['precision']} | {r['accuracy']} (top-1 {_f(r['top1_agreement'], '.3f')}) | "
+                         f"ITL {_f(r['p50_ms_c1'], '.2f')}, TTFT {_f(r['ttft_p50_ms_c1'], '.1f')} | ITL {_f(r['p99_ms_top'], '.2f')} (c{r['top_concurrency']}) | "
+                         f"{_f(r['throughput_top'], '.1f')} tokens/s | {_f(r['served_to_raw_top'], '.3f')} | {r['exit_code']} |")
+            continue
         lines.append(f"| {r['target']} | {r['provider'] or '?'} | {r['precision']} | {r['accuracy']} ({_f(r['worst_cosine'], '.5f')}) | "
                      f"{_f(r['p50_ms_c1'], '.2f')} | {_f(r['p99_ms_top'], '.2f')} (c{r['top_concurrency']}) | "
                      f"{_f(r['throughput_top'], '.1f')} | {_f(r['served_to_raw_top'], '.3f')} | {r['exit_code']} |")

@@ -9,6 +9,8 @@ import numpy as np
 
 from portable_ep.check import verdict
 from portable_ep.check.accuracy import check_accuracy
+from portable_ep.check.generation import (GenerationCheckOptions, check_generation_accuracy, check_generation_latency,
+                                          is_generative)
 from portable_ep.check.loadgen import sweep
 from portable_ep.check.local import local_session
 from portable_ep.check.raw import raw_throughput
@@ -28,11 +30,12 @@ class LatencyBudget:
 
 @dataclass
 class CheckOptions:
-    concurrency: Sequence[int] = (1, 4, 16)
-    requests: int = 400
+    concurrency: Optional[Sequence[int]] = None  # default: 1,4,16 (generative models: 1,4,8)
+    requests: Optional[int] = None  # per level; default: 400 (generative models: 2 per client, at least 4)
     warmup: int = 20
     raw_seconds: float = 2.0
     budget: LatencyBudget = field(default_factory=LatencyBudget)
+    max_tokens: int = 64  # generative models: tokens per request in the latency sweep
 
 
 def _one_request(target: Target) -> dict:
@@ -44,8 +47,8 @@ def _one_request(target: Target) -> dict:
 
 def _latency(target: Target, options: CheckOptions, session, session_reason: str) -> dict:
     request = _one_request(target)
-    levels = [level.as_dict() for level in sweep(target.url, target.protocol, target.model, request, options.concurrency,
-                                                   options.requests, options.warmup)]
+    levels = [level.as_dict() for level in sweep(target.url, target.protocol, target.model, request,
+                                                   options.concurrency or (1, 4, 16), options.requests or 400, options.warmup)]
     for level in levels:
         batch = min(level["concurrency"], target.max_batch_size or 1)
         level["raw_batch"] = batch
@@ -83,8 +86,16 @@ def run_check(target: Target, options: Optional[CheckOptions] = None) -> dict:
         report["target"] = target.as_dict()
         session, session_reason = local_session(target)
         try:
-            report["accuracy"] = check_accuracy(target, session, session_reason)
-            report["latency"] = _latency(target, options, session, session_reason)
+            if is_generative(target):
+                if target.protocol != "grpc":
+                    raise verdict.CheckError("a generative model is checked over gRPC streaming: drop --protocol http")
+                report["accuracy"] = check_generation_accuracy(target, session, session_reason)
+                report["latency"] = check_generation_latency(target, GenerationCheckOptions(
+                    options.concurrency or (1, 4, 8), options.requests, options.max_tokens, options.budget.min_ratio),
+                    session, session_reason)
+            else:
+                report["accuracy"] = check_accuracy(target, session, session_reason)
+                report["latency"] = _latency(target, options, session, session_reason)
         finally:
             if session is not None:
                 session.close()

@@ -28,6 +28,8 @@ class Target:
     provider_description: str = ""
     device: str = ""  # where /metrics says it runs: "cpu", "cuda:0", "npu-emulated", ...
     parameters: dict = field(default_factory=dict)  # the model config's parameters
+    inputs: tuple = ()  # input and output names from the model config
+    outputs: tuple = ()
     manifest: Optional[dict] = field(default=None, repr=False)
 
     @property
@@ -95,6 +97,8 @@ def resolve(target: Target) -> Target:
     except Exception as exc:
         raise CheckError(f"cannot reach Triton at {target.url} over {target.protocol}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     target.max_batch_size = int(config.get("max_batch_size", 0))
+    target.inputs = tuple(entry.get("name", "") for entry in config.get("input", []))
+    target.outputs = tuple(entry.get("name", "") for entry in config.get("output", []))
     params = _parameters(config)
     target.parameters = params
     target.precision = (params.get("precision") or "fp32").lower()
