@@ -71,6 +71,19 @@ def _int_parameter(config: ServingConfig, key: str, default: Optional[int], mini
     return number
 
 
+def _positive_float(config: ServingConfig, key: str, default: float) -> float:
+    value = config.parameters.get(key, "")
+    if value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise ModelConfigError(f"model {config.name!r}: parameter {key}={value!r} must be a number > 0")
+    return number
+
+
 @dataclass
 class LoadedGenerator:
     resolved: ResolvedSession
@@ -79,7 +92,7 @@ class LoadedGenerator:
 
     def describe_limits(self) -> str:
         limits = self.engine.limits
-        return (f"context {limits.context_length} tokens, KV cache budget {limits.kv_budget_bytes >> 20} MiB "
+        return (f"context {limits.context_length} tokens, KV cache budget {limits.kv_budget_bytes / (1 << 20):g} MiB "
                 f"({limits.kv_budget_bytes // self.engine.bytes_per_token} tokens), up to {limits.max_batch} sequences per step")
 
 
@@ -89,7 +102,7 @@ def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0,
         raise ModelConfigError(
             f"model {config.name!r} is generative: its config.pbtxt needs model_transaction_policy {{ decoupled: true }} "
             "(`portable-ep repo add` writes it)")
-    kv_mb = _int_parameter(config, "generation.kv_cache_mb", DEFAULT_KV_CACHE_MB, 1)
+    kv_mb = _positive_float(config, "generation.kv_cache_mb", DEFAULT_KV_CACHE_MB)
     max_batch = _int_parameter(config, "generation.max_batch", DEFAULT_MAX_BATCH, 1)
     max_context = _int_parameter(config, "generation.max_context", None, 2)
     resolved = resolve_session(config, version_dir, device_id, registry)
@@ -102,7 +115,7 @@ def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0,
         if max_context:
             context = min(context, max_context)
         engine = GenerationEngine(decoder, tokenizer, info.get("eos_token_ids") or [],
-                                  EngineLimits(context, kv_mb << 20, max_batch), log=log)
+                                  EngineLimits(context, int(kv_mb * (1 << 20)), max_batch), log=log)
     except NotADecoder as exc:
         session.close()
         raise ModelConfigError(f"model {config.name!r}: {exc}") from None
@@ -149,12 +162,14 @@ def parse_request(request, pb):
 class ResponseStream:
     """Turns the engine's outputs for one request into Triton responses on its sender."""
 
-    def __init__(self, pb, sender, prompt: str, stream: bool, exclude_input: bool, on_done=None):
+    def __init__(self, pb, sender, prompt: str, stream: bool, exclude_input: bool, on_done=None,
+                 log_info=lambda message: None):
         self.pb, self.sender = pb, sender
         self.stream = stream
         # vLLM's rule: the prompt is prepended to a non-streamed answer unless excluded.
         self.text = "" if (stream or exclude_input) else prompt
         self.on_done = on_done
+        self.log_info = log_info
         self.tokens = 0
 
     def _response(self, text: str):
@@ -167,6 +182,7 @@ class ResponseStream:
         if output.error is not None:
             self.sender.send(pb.InferenceResponse(error=pb.TritonError(output.error)), flags=final_flag)
         elif output.finish_reason == "cancelled":
+            self.log_info(f"request cancelled by the client after {self.tokens} tokens; its cache is released")
             self.sender.send(pb.InferenceResponse(error=pb.TritonError("request was cancelled", pb.TritonError.CANCELLED)),
                              flags=final_flag)
         elif self.stream:
@@ -218,7 +234,8 @@ class ResponseSender:
 class GenerationServing:
     """The decoupled TritonPythonModel body for a generative bundle."""
 
-    def __init__(self, pb, config: ServingConfig, loaded: LoadedGenerator, metrics=None, log=lambda message: None):
+    def __init__(self, pb, config: ServingConfig, loaded: LoadedGenerator, metrics=None, log=lambda message: None,
+                 log_info=lambda message: None):
         self.pb = pb
         self.config = config
         self.loaded = loaded
@@ -226,6 +243,7 @@ class GenerationServing:
         self.tokenizer = loaded.tokenizer
         self.metrics = metrics
         self.sender = ResponseSender(log)
+        self.log_info = log_info
 
     def execute(self, requests):
         pb = self.pb
@@ -233,7 +251,8 @@ class GenerationServing:
             sender = request.get_response_sender()
             try:
                 prompt, stream, exclude, params = parse_request(request, pb)
-                responses = ResponseStream(pb, sender, prompt, stream, exclude, on_done=self._done)
+                responses = ResponseStream(pb, sender, prompt, stream, exclude, on_done=self._done,
+                                           log_info=self.log_info)
                 self.engine.submit(GenerationRequest(self.tokenizer.encode(prompt), params, self.sender.wrap(responses),
                                                      is_cancelled=sender.is_cancelled))
             except (BadRequest, SamplingError, RequestRefused) as exc:

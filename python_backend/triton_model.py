@@ -90,7 +90,8 @@ class TritonModel:
         first_instance = str(args.get("model_instance_name", "")).rsplit("_", 1)[-1] == "0"
         self.metrics = BackendMetrics(self.pb, config.name, args["model_version"], resolution, loaded.resolved.precision,
                                       restarts=restarts if first_instance else 0, restart_cause=cause)
-        self.generation = GenerationServing(self.pb, config, loaded, self.metrics, log=log.log_error)
+        self.generation = GenerationServing(self.pb, config, loaded, self.metrics, log=log.log_error,
+                                           log_info=lambda message: log.log_info(f"{where}: {message}"))
 
     def execute(self, requests):
         if self.generation is not None:
