@@ -18,6 +18,7 @@ bench: venv
 	$(VENV)/bin/python benchmarks/serving_overhead.py
 	$(VENV)/bin/python benchmarks/int8_throughput.py
 	$(VENV)/bin/python benchmarks/loadgen_floor.py
+	$(VENV)/bin/python benchmarks/generation.py
 
 # 30 minutes of load with bad requests and a stub killed every 5 minutes (docs/self-healing.md).
 soak: venv
