@@ -55,3 +55,24 @@ def print_export_report(result, console) -> None:
     for line in result.problems:
         console.print(f"[yellow]warning[/]: {line}")
     console.print(f"bundle: {result.bundle}")
+
+
+def print_generative_report(result, console) -> None:
+    """The generative bundle's variants: size, greedy tokens matched, teacher-forced agreement, perplexity ratio."""
+    manifest = result.manifest
+    info = manifest["decoder"]
+    table = Table(title=f"{manifest['name']}: {info['architecture']}, {info['num_layers']} layers, context "
+                        f"{info['context_length']}; golden from {manifest['source']['framework']}")
+    for column in ("format", "precision", "file", "size", "greedy tokens = source", "top-1 (teacher-forced)", "perplexity ratio", "budget"):
+        table.add_column(column)
+    for v in manifest["variants"]:
+        acc = v.get("accuracy") or {}
+        size = _fmt_size(v["bytes"]) if v.get("file") and "bytes" in v else "-"
+        greedy = "/".join(str(m) for m in acc.get("greedy_matched_tokens", [])) or "-"
+        table.add_row(v["format"], v["precision"], v.get("file") or "-", size, greedy,
+                      f"{acc['top1_agreement']:.3f}" if acc else "-", f"{acc['perplexity_ratio']:.3f}" if acc else "-",
+                      _status(v))
+    console.print(table)
+    for line in result.problems:
+        console.print(f"[yellow]warning[/]: {line}")
+    console.print(f"bundle: {result.bundle}")

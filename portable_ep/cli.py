@@ -110,10 +110,28 @@ def _input_shape(text: str):
     return name, shape
 
 
+def _cmd_export_generative(args) -> int:
+    from portable_ep.exporters.llm_export import FORMATS, PRECISIONS, GenerativeOptions, export_generative
+    from portable_ep.exporters.report import print_generative_report
+
+    options = GenerativeOptions(
+        precisions=_csv(args.precisions or ",".join(PRECISIONS)), formats=_csv(args.formats or ",".join(FORMATS)),
+        required=bool(args.precisions or args.formats), overwrite=args.overwrite, name=args.name,
+        progress=not args.no_progress, allow_out_of_budget=args.allow_out_of_budget,
+    )
+    result = export_generative(args.source, args.out_dir, options)
+    print_generative_report(result, make_console())
+    return 0
+
+
 def _cmd_export(args) -> int:
     from portable_ep.exporters.bundle import PRECISIONS, ExportOptions, export_bundle
+    from portable_ep.exporters.llm_export import is_generative_source
     from portable_ep.exporters.report import print_export_report
     from portable_ep.backends.artifacts import FORMATS
+
+    if is_generative_source(args.source, args.task):
+        return _cmd_export_generative(args)
 
     options = ExportOptions(
         task=args.task, precisions=_csv(args.precisions or ",".join(PRECISIONS)),
@@ -297,22 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="export a Hugging Face folder or .onnx file into a bundle of measured variants",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export SOURCE (a local Hugging Face model folder, or a .onnx file) into OUT_DIR: fp32, fp16 and "
+        description="Export SOURCE (a local Hugging Face model folder, a .onnx file, or a .gguf LLM) into OUT_DIR: fp32, fp16 and "
         "int8 ONNX, OpenVINO IR fp32/fp16/int8, golden inputs/outputs (reference/) computed by the source "
         "framework, and manifest.json. Every variant is run on the runtime that serves it and compared with the "
         "golden outputs; export fails, naming the output and by how much, when one misses its precision's "
         "budget. Nothing is fetched from a hub. The bundle is written to a temporary folder and moved into "
-        "place only when complete.",
+        "place only when complete. A causal LM (--task text-generation, or any .gguf file) becomes a generative "
+        "bundle: the decoder with KV cache in ONNX and IR at fp32/int8/int4 weights, its tokenizer and chat "
+        "template, and golden greedy continuations and teacher-forced figures from transformers (docs/bundle.md).",
         epilog="examples:\n"
         "  portable-ep export ./bert-sst2 bundles/bert-sst2                     task inferred from config.json\n"
         "  portable-ep export ./minilm bundles/minilm --task feature-extraction --sequence-length 128\n"
         "  portable-ep export model.onnx bundles/cnn --calibration calib.npz     int8 calibrated on your data\n"
-        "  portable-ep export ./bert bundles/bert --precisions fp32,int8 --int8-mode dynamic\n",
+        "  portable-ep export ./bert bundles/bert --precisions fp32,int8 --int8-mode dynamic\n"
+        "  portable-ep export SmolLM2-135M-Instruct.Q4_1.gguf bundles/smollm2        an LLM: streamed by the server\n"
+        "  portable-ep export ./my-llama bundles/llama --task text-generation --precisions fp32,int4\n",
     )
-    export.add_argument("source", metavar="SOURCE", help="Hugging Face model folder (config.json + weights) or a .onnx file")
+    export.add_argument("source", metavar="SOURCE", help="Hugging Face model folder (config.json + weights), a .onnx file, or a .gguf file")
     export.add_argument("out_dir", metavar="OUT_DIR", help="the bundle folder to write")
     export.add_argument("--task", help="for a Hugging Face folder, e.g. text-classification, feature-extraction, "
-                        "image-classification (default: inferred from config.json's architectures)")
+                        "image-classification, text-generation (default: inferred from config.json's architectures; text-generation for .gguf)")
     export.add_argument("--precisions", help="stored precisions, fp32 always included (default: fp32,fp16,int8; a variant "
                         "asked for by default that cannot be built or misses its budget is left out with its reason, one "
                         "named here fails the export)")

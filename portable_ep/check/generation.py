@@ -40,21 +40,22 @@ def is_generative(target: Target) -> bool:
 
 
 def load_golden(target: Target) -> dict:
-    info = target.manifest.get("generation") or {}
+    info = target.manifest.get("decoder") or {}
     return json.loads((target.bundle / info.get("golden", GOLDEN_FILE)).read_text())
 
 
 def _tokenizer(target: Target):
     from portable_ep.generation.tokenizer import BundleTokenizer
 
-    return BundleTokenizer(target.bundle / (target.manifest.get("generation") or {}).get("tokenizer", "tokenizer"))
+    return BundleTokenizer(target.bundle / (target.manifest.get("decoder") or {}).get("tokenizer", "tokenizer"))
 
 
 def matched_tokens(tokenizer, expected_ids: Sequence[int], served_text: str) -> int:
     """How many of the expected tokens the served text reproduces, in order from the start."""
     matched = 0
     for k in range(1, len(expected_ids) + 1):
-        if served_text.startswith(tokenizer.decode(expected_ids[:k])):
+        # a prefix can end inside a multi-byte character, decoded as U+FFFD until the next token
+        if served_text.startswith(tokenizer.decode(expected_ids[:k]).rstrip("\ufffd")):
             matched = k
         else:
             break
@@ -80,7 +81,7 @@ def teacher_forced(session, manifest: dict, golden: dict) -> dict:
     """Top-1 agreement and perplexity of the session on the golden text, against the source's."""
     from portable_ep.generation.decoder import Decoder
 
-    info = manifest.get("generation") or {}
+    info = manifest.get("decoder") or {}
     forced = golden["teacher_forced"]
     ids = forced["ids"]
     logits = Decoder(session, info.get("num_kv_heads"), info.get("head_dim")).teacher_forced_logits(ids)[:-1]
@@ -100,7 +101,7 @@ def check_generation_accuracy(target: Target, session, session_reason: str) -> d
         return {"checked": False, "reason": "no --bundle given: nothing to compare with", "passed": True, "problems": []}
     golden = load_golden(target)
     tokenizer = _tokenizer(target)
-    eos = set((target.manifest.get("generation") or {}).get("eos_token_ids") or [])
+    eos = set((target.manifest.get("decoder") or {}).get("eos_token_ids") or [])
     budget = (target.manifest.get("budgets") or {}).get(target.precision) or {}
     problems: List[str] = []
     try:
@@ -134,7 +135,7 @@ def _engine(target: Target, session):
     from portable_ep.generation.decoder import Decoder
     from portable_ep.generation.engine import EngineLimits, GenerationEngine
 
-    info = target.manifest.get("generation") or {}
+    info = target.manifest.get("decoder") or {}
     return GenerationEngine(Decoder(session, info.get("num_kv_heads"), info.get("head_dim")), _tokenizer(target),
                             info.get("eos_token_ids") or [], EngineLimits(int(info.get("context_length") or 2048), 4 << 30, 64))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -141,6 +142,8 @@ def _save(fig, plt, report: dict, out: Path) -> Path:
     fig.suptitle(f"{target.get('label')} — {report['verdict']['reason']}", fontsize=10)
     fig.tight_layout()
     path = out / "report.png"
-    fig.savefig(path, dpi=110)
+    with warnings.catch_warnings():  # a title quoting generated text may hold glyphs the font lacks
+        warnings.simplefilter("ignore", UserWarning)
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -1,0 +1,354 @@
+"""``portable-ep export SOURCE OUT --task text-generation``: a causal LM into one generative bundle.
+
+SOURCE is a Hugging Face causal-LM folder or a ``.gguf`` file (transformers dequantizes
+it to fp32 through the ``gguf`` package). The bundle::
+
+    manifest.json                 task "text-generation", decoder layout, budgets, variants, files
+    model.onnx                    the decoder with KV cache (optimum text-generation-with-past), fp32
+    model.int8.onnx|int4.onnx     MatMulNBits weight-only 8/4-bit (ONNX Runtime)
+    openvino/model[.int8|.int4].xml|bin   IR fp32, NNCF INT8 / INT4 group-wise (+ INT8 backup)
+    tokenizer/                    tokenizer.json (what the server reads) and the chat template
+    golden/generation.json        greedy continuations and teacher-forced data from the source framework
+
+Every variant is measured through the provider that serves its format with the same
+decode loop the server runs (``portable_ep.generation.decoder``): greedy tokens against
+the source's, teacher-forced top-1 agreement and perplexity on a built-in text.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from portable_ep.exporters.errors import ExportError, one_line
+from portable_ep.exporters.manifest import file_entry, now_utc, tool_versions, write_manifest
+from portable_ep.exporters.progress import Stages
+
+TASK = "text-generation"
+PRECISIONS = ("fp32", "int8", "int4")
+FORMATS = ("onnx", "openvino")
+FILES = {
+    ("onnx", "fp32"): "model.onnx", ("onnx", "int8"): "model.int8.onnx", ("onnx", "int4"): "model.int4.onnx",
+    ("openvino", "fp32"): "openvino/model.xml", ("openvino", "int8"): "openvino/model.int8.xml",
+    ("openvino", "int4"): "openvino/model.int4.xml",
+}
+GREEDY_TOKENS = 32
+PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about the ocean.",
+    "Explain in one sentence what a CPU does.",
+    "Name three fruits that are red.",
+)
+TEXT_FILE = Path(__file__).parent / "data" / "generation_text.txt"
+# Budgets. fp32: the issue's rule, the source's greedy tokens exactly. int8/int4: measured on
+# SmolLM2-135M-Instruct (docs/bundle.md): ONNX int8 top-1 0.96 / perplexity ratio 1.01, IR int8
+# 0.98 / 1.00, ONNX int4 0.80 / 1.19, IR int4 0.82 / 1.17; the limits leave room for other models
+# of the size without letting a broken quantization (top-1 ~0.1, ratio > 2) through.
+BUDGETS = {
+    "fp32": {"greedy_identical": True, "min_top1_agreement": 0.99, "max_perplexity_ratio": 1.01},
+    "int8": {"greedy_identical": False, "min_top1_agreement": 0.90, "max_perplexity_ratio": 1.10},
+    "int4": {"greedy_identical": False, "min_top1_agreement": 0.70, "max_perplexity_ratio": 1.50},
+}
+
+
+@dataclass
+class GenerativeOptions:
+    precisions: Sequence[str] = PRECISIONS
+    formats: Sequence[str] = FORMATS
+    required: bool = False  # variants named by the user: failing one fails the export
+    overwrite: bool = False
+    name: Optional[str] = None
+    progress: bool = True
+    allow_out_of_budget: bool = False
+
+
+@dataclass
+class GenerativeResult:
+    bundle: Path
+    manifest: dict
+    problems: List[str]
+
+
+def is_generative_source(source: Path, task: Optional[str]) -> bool:
+    return task == TASK or Path(source).suffix.lower() == ".gguf"
+
+
+def _load_source(source: Path):
+    """(transformers model in fp32, tokenizer, source entry) from a GGUF file or a Hugging Face folder."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ExportError("exporting a language model needs torch and transformers: pip install 'portable-ep[export]'") from None
+    if source.suffix.lower() == ".gguf":
+        if not source.is_file():
+            raise ExportError(f"{source} does not exist")
+        try:
+            import gguf  # noqa: F401 - transformers reads GGUF through it
+        except ImportError:
+            raise ExportError("reading a .gguf file needs the gguf package: pip install 'portable-ep[smollm2]' or pip install gguf") from None
+        kwargs = {"gguf_file": source.name}
+        folder = source.parent
+        entry = {"kind": "gguf", "path": str(source), "task": TASK, "framework": "pytorch (transformers, GGUF dequantized to fp32)"}
+    else:
+        if not (source / "config.json").is_file():
+            raise ExportError(f"{source} is neither a .gguf file nor a Hugging Face folder with config.json")
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+        architectures = config.architectures or []
+        if not any(a.endswith("ForCausalLM") for a in architectures):
+            raise ExportError(f"--task {TASK} needs a causal language model (…ForCausalLM); {source} is "
+                              f"{', '.join(architectures) or config.model_type} — export it without --task {TASK}")
+        kwargs, folder = {}, source
+        entry = {"kind": "huggingface", "path": str(source), "task": TASK, "framework": "pytorch (transformers)"}
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32,
+                                                 attn_implementation="eager", **kwargs).eval()
+    return model, tokenizer, entry
+
+
+def _prompts(tokenizer) -> List[str]:
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in PROMPTS]
+    return list(PROMPTS)
+
+
+def _eos_ids(model, tokenizer) -> List[int]:
+    ids = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+def export_decoder(model, dest: Path) -> None:
+    """optimum's text-generation-with-past export of the loaded model into ``dest`` (one file, < 2 GB inline)."""
+    import warnings
+
+    import torch
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    folder = dest.parent / ".optimum"
+    from portable_ep.exporters.llm_variants import quiet_tools
+
+    try:
+        # Tracer/user warnings (a shape branch became a constant, index lowering) and optimum's note on
+        # tied weights say nothing a user can act on: the variants are measured against the source.
+        with warnings.catch_warnings(), quiet_tools("optimum", "transformers"):
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            onnx_export_from_model(model, folder, task="text-generation-with-past", do_validation=False)
+    except Exception as exc:  # noqa: BLE001 - optimum's own words name the unsupported part
+        raise ExportError(f"optimum cannot export this model with its KV cache: {one_line(exc)}") from None
+    written = folder / "model.onnx"
+    if not written.is_file():
+        raise ExportError(f"optimum wrote no model.onnx (files: {sorted(p.name for p in folder.iterdir())})")
+    written.rename(dest)
+    data = folder / "model.onnx_data"
+    if data.exists():  # weights over 2 GB stay external; the manifest hashes the file beside the graph
+        data.rename(dest.parent / "model.onnx_data")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def golden_data(model, tokenizer, server_tokenizer, eos_ids: Sequence[int]) -> dict:
+    """Greedy continuations and teacher-forced data from the source framework."""
+    import torch
+
+    prompts = []
+    for text in _prompts(tokenizer):
+        ids = server_tokenizer.encode(text)
+        source_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if ids != source_ids:
+            raise ExportError("the bundle's tokenizer.json encodes the golden prompt differently from the source's "
+                              f"tokenizer ({len(ids)} vs {len(source_ids)} tokens); the tokenizer cannot be served as is")
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=GREEDY_TOKENS, do_sample=False, eos_token_id=list(eos_ids) or None,
+                                 pad_token_id=(list(eos_ids) or [0])[0])
+        greedy = out[0, len(ids):].tolist()
+        prompts.append({"text": text, "prompt_ids": ids, "greedy_ids": greedy,
+                        "greedy_text": server_tokenizer.decode([t for t in greedy if t not in eos_ids])})
+    text_ids = server_tokenizer.encode(TEXT_FILE.read_text().strip())
+    with torch.no_grad():
+        logits = model(torch.tensor([text_ids])).logits[0].float()
+    log_probs = torch.log_softmax(logits[:-1], dim=-1)
+    nll = float(-log_probs[torch.arange(len(text_ids) - 1), torch.tensor(text_ids[1:])].mean())
+    return {"prompts": prompts, "greedy_tokens": GREEDY_TOKENS,
+            "teacher_forced": {"text": TEXT_FILE.name, "ids": text_ids, "reference_top1": logits.argmax(-1).tolist(),
+                               "reference_perplexity": float(np.exp(nll))}}
+
+
+def measure_variant(session, decoder_info: dict, golden: dict) -> dict:
+    """What the served decode loop gives on this variant: greedy tokens and teacher-forced figures."""
+    from portable_ep.check.generation import teacher_forced
+    from portable_ep.generation.decoder import Decoder
+
+    decoder = Decoder(session, decoder_info["num_kv_heads"], decoder_info["head_dim"])
+    eos = decoder_info["eos_token_ids"]
+    matched = []
+    for prompt in golden["prompts"]:
+        expected = prompt["greedy_ids"]
+        got = decoder.greedy(prompt["prompt_ids"], len(expected), eos)
+        n = 0
+        while n < min(len(got), len(expected)) and got[n] == expected[n]:
+            n += 1
+        matched.append(n)
+    forced = teacher_forced(session, {"decoder": decoder_info}, golden)
+    identical = all(m == len(p["greedy_ids"]) for m, p in zip(matched, golden["prompts"]))
+    return {"runtime": "", "greedy_matched_tokens": matched, "greedy_identical": identical,
+            "top1_agreement": forced["top1_agreement"], "perplexity": forced["perplexity"],
+            "perplexity_ratio": forced["perplexity_ratio"]}
+
+
+def budget_problems(accuracy: dict, budget: dict) -> List[str]:
+    problems = []
+    if budget.get("greedy_identical") and not accuracy["greedy_identical"]:
+        problems.append(f"greedy tokens differ from the source's (matched {accuracy['greedy_matched_tokens']} of "
+                        f"{GREEDY_TOKENS} per prompt)")
+    if accuracy["top1_agreement"] < budget["min_top1_agreement"]:
+        problems.append(f"teacher-forced top-1 agreement {accuracy['top1_agreement']:.3f} < {budget['min_top1_agreement']}")
+    if accuracy["perplexity_ratio"] > budget["max_perplexity_ratio"]:
+        problems.append(f"perplexity ratio {accuracy['perplexity_ratio']:.3f} > {budget['max_perplexity_ratio']}")
+    return problems
+
+
+def _decoder_info(model, tokenizer, eos_ids) -> dict:
+    config = model.config
+    heads = config.num_attention_heads
+    return {
+        "architecture": (config.architectures or [type(model).__name__])[0],
+        "context_length": int(getattr(config, "max_position_embeddings", 2048)),
+        "eos_token_ids": list(eos_ids), "bos_token_id": tokenizer.bos_token_id,
+        "vocab_size": int(config.vocab_size), "num_layers": int(config.num_hidden_layers),
+        "num_kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
+        "head_dim": int(getattr(config, "head_dim", None) or config.hidden_size // heads),
+        "kv_dtype": "float32", "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "tokenizer": "tokenizer", "golden": "golden/generation.json",
+    }
+
+
+def _plan(options: GenerativeOptions):
+    unknown = [p for p in options.precisions if p not in PRECISIONS]
+    if unknown:
+        raise ExportError(f"unknown precision(s) {', '.join(unknown)} for a generative model; export writes {', '.join(PRECISIONS)}")
+    unknown = [f for f in options.formats if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown format(s) {', '.join(unknown)}; export writes {', '.join(FORMATS)}")
+    precisions = ["fp32"] + [p for p in PRECISIONS if p in options.precisions and p != "fp32"]
+    return [(fmt, p) for fmt in FORMATS if fmt in options.formats for p in precisions]
+
+
+def _build(work: Path, fmt: str, precision: str) -> dict:
+    from portable_ep.exporters.llm_variants import onnx_weight_only, openvino_ir
+
+    if fmt == "onnx":
+        return onnx_weight_only(work / FILES["onnx", "fp32"], work / FILES[fmt, precision], 8 if precision == "int8" else 4)
+    return openvino_ir(work / FILES["onnx", "fp32"], work / FILES[fmt, precision], precision)
+
+
+def export_generative(source, out_dir, options: Optional[GenerativeOptions] = None) -> GenerativeResult:
+    options = options or GenerativeOptions()
+    plan = _plan(options)
+    source = Path(source).resolve()
+    out = Path(out_dir).resolve()
+    if (out.is_file() or (out.is_dir() and any(out.iterdir()))) and not options.overwrite:
+        raise ExportError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with Stages(options.progress) as stages:
+            result = _export_into(source, work, plan, options, stages)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        work.rename(out)
+        result.bundle = out
+        return result
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, stages: Stages) -> GenerativeResult:
+    from portable_ep.exporters.bundle import bundle_file_sums
+    from portable_ep.exporters.verify import RUNTIME_OF_FORMAT, variant_session
+    from portable_ep.generation.tokenizer import BundleTokenizer
+
+    with stages.stage("load the language model"):
+        model, tokenizer, source_entry = _load_source(source)
+        eos_ids = _eos_ids(model, tokenizer)
+        tokenizer.save_pretrained(work / "tokenizer")
+        if not (work / "tokenizer" / "tokenizer.json").is_file():
+            raise ExportError(f"{source}'s tokenizer has no fast (tokenizer.json) form, which the server needs")
+    with stages.stage("export the decoder with KV cache"):
+        export_decoder(model, work / FILES["onnx", "fp32"])
+    info = _decoder_info(model, tokenizer, eos_ids)
+    with stages.stage("golden data from the source", total=len(PROMPTS) + 1):
+        golden = golden_data(model, tokenizer, BundleTokenizer(work / "tokenizer"), eos_ids)
+        (work / "golden").mkdir()
+        (work / info["golden"]).write_text(json.dumps(golden) + "\n")
+    del model
+
+    variants, problems = [], []
+    for fmt, precision in plan:
+        file = FILES[fmt, precision]
+        entry: dict = {"format": fmt, "precision": precision}
+        try:
+            with stages.stage(f"build {fmt} {precision}"):
+                extra = _build(work, fmt, precision) if (fmt, precision) != ("onnx", "fp32") else {}
+            with stages.stage(f"measure {fmt} {precision}"):
+                with variant_session(work, fmt, precision, work / file) as session:
+                    accuracy = measure_variant(session, info, golden)
+                accuracy["runtime"] = f"{RUNTIME_OF_FORMAT[fmt]} provider"
+        except Exception as exc:  # noqa: BLE001 - a tool's failure costs this variant, not the export
+            message = one_line(exc)
+            _remove(work, file)
+            if (fmt, precision) == ("onnx", "fp32"):
+                raise ExportError(f"the fp32 decoder cannot run on ONNX Runtime: {message}") from None
+            variants.append({**entry, "file": None, "status": "failed", "error": message, "within_budget": False})
+            problems.append(f"{fmt} {precision}: failed: {message}")
+            continue
+        missed = budget_problems(accuracy, BUDGETS[precision])
+        entry.update(file_entry(work, file), **extra, accuracy=accuracy, within_budget=not missed,
+                     status="ok" if not missed else "out_of_budget")
+        if missed:
+            entry["problems"] = missed
+            problems.extend(f"{fmt} {precision} ({file}): {line}" for line in missed)
+            if not options.allow_out_of_budget and (fmt, precision) != ("onnx", "fp32"):
+                _remove(work, file)
+                entry["file"] = None
+        variants.append(entry)
+    _decide(variants, problems, options)
+    manifest = {
+        "name": options.name or (source.stem if source.suffix.lower() == ".gguf" else source.name),
+        "created": now_utc(), "task": TASK, "source": source_entry, "decoder": info,
+        "budgets": BUDGETS, "variants": variants, "tools": tool_versions(),
+    }
+    manifest["files"] = bundle_file_sums(work, variants)
+    write_manifest(work, manifest)
+    return GenerativeResult(work, manifest, problems)
+
+
+def _remove(work: Path, file: str) -> None:
+    path = work / file
+    for leftover in (path, path.with_suffix(".bin") if path.suffix == ".xml" else None):
+        if leftover is not None and leftover.exists():
+            leftover.unlink()
+
+
+def _decide(variants: List[dict], problems: List[str], options: GenerativeOptions) -> None:
+    fp32 = next(v for v in variants if v["format"] == "onnx" and v["precision"] == "fp32")
+    if fp32["status"] != "ok" and not options.allow_out_of_budget:
+        raise ExportError(f"the fp32 decoder does not reproduce the source: {'; '.join(fp32.get('problems', []))} "
+                          "(pass --allow-out-of-budget to keep it anyway)")
+    if options.required:
+        failed = [v for v in variants if v["status"] != "ok"]
+        if failed and not options.allow_out_of_budget:
+            raise ExportError("variant(s) you named could not be built within budget: " + "; ".join(problems))

@@ -1,0 +1,223 @@
+"""A generative bundle served by a real tritonserver: vLLM's I/O, streaming, batching, refusals, check.
+
+The bundle is `portable-ep export --task text-generation` of a tiny random Llama with a
+real BPE tokenizer (tests/tiny_llm.py); expected texts are transformers' greedy output
+recorded in the bundle's golden data.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers", reason="the bundle is exported from transformers (export extra)")
+pytestmark = pytest.mark.e2e
+
+from portable_ep.exporters.repository import RepoOptions, add_to_repository  # noqa: E402
+from portable_ep.generation.client import GenerationFailed, StreamingClient  # noqa: E402
+from portable_ep.triton_process import TritonServer  # noqa: E402
+
+MODELS = {
+    # name: (provider chain, precision, extra parameters)
+    "llm_openvino": ("openvino,cpu", "fp32", {}),
+    "llm_cpu": ("cpu", "fp32", {}),
+    "llm_npu_first": ("npu,cpu", "fp32", {}),
+    "llm_small": ("cpu", "fp32", {"generation.max_context": "48", "generation.kv_cache_mb": "0.01"}),
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from tiny_llm import build_tiny_llama
+
+    work = tmp_path_factory.mktemp("llm")
+    build_tiny_llama(work / "hf")
+    out = work / "bundle"
+    # int4 of a random 64-wide model misses its budget (nothing to learn from it): fp32 and int8 only.
+    result = subprocess.run([sys.executable, "-m", "portable_ep.cli", "export", str(work / "hf"), str(out),
+                             "--task", "text-generation", "--precisions", "fp32,int8", "--no-progress"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def golden(bundle):
+    return json.loads((bundle / "golden" / "generation.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory, installed_backend_dir):
+    repository = tmp_path_factory.mktemp("llm-repository")
+    for name, (chain, precision, parameters) in MODELS.items():
+        add_to_repository(bundle, repository, name, RepoOptions(providers=chain, precision=precision, parameters=parameters))
+    with TritonServer(repository, backend_directory=installed_backend_dir) as running:
+        yield running
+
+
+def _post(server, path: str, body: dict):
+    request = urllib.request.Request(f"http://{server.host}:{server.http_port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_bundle_layout_and_config(bundle, server):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["task"] == "text-generation"
+    assert {(v["format"], v["precision"]) for v in manifest["variants"] if v["status"] == "ok"} >= {("onnx", "fp32"), ("openvino", "fp32")}
+    assert (bundle / "tokenizer" / "tokenizer.json").is_file()
+    config = (server.model_repository / "llm_cpu" / "config.pbtxt").read_text()
+    assert "decoupled: true" in config and 'name: "text_input"' in config and 'name: "text_output"' in config
+    verify = subprocess.run([sys.executable, "-m", "portable_ep.cli", "verify", str(bundle)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.parametrize("model", ["llm_openvino", "llm_cpu"])
+def test_grpc_stream_is_transformers_greedy_token_by_token(server, golden, model):
+    with StreamingClient(server.grpc_url, model) as client:
+        for prompt in golden["prompts"]:
+            pieces = []
+            result = client.generate(prompt["text"], {"max_tokens": len(prompt["greedy_ids"]), "temperature": 0},
+                                     on_text=pieces.append)
+            assert result.text == prompt["greedy_text"]
+            assert len(pieces) > 1 and "".join(pieces) == result.text  # streamed, not one block
+            assert result.ttft_s < result.total_s
+
+
+def test_http_generate_and_generate_stream(server, golden):
+    prompt = golden["prompts"][0]
+    n = len(prompt["greedy_ids"])
+    status, body = _post(server, "/v2/models/llm_openvino/generate",
+                         {"text_input": prompt["text"], "parameters": {"max_tokens": n, "temperature": 0}})
+    assert status == 200, body
+    assert json.loads(body)["text_output"] == prompt["text"] + prompt["greedy_text"]  # vLLM: prompt prepended
+    status, body = _post(server, "/v2/models/llm_openvino/generate",
+                         {"text_input": prompt["text"], "exclude_input_in_output": True,
+                          "parameters": {"max_tokens": n, "temperature": 0}})
+    assert json.loads(body)["text_output"] == prompt["greedy_text"]
+    status, body = _post(server, "/v2/models/llm_cpu/generate_stream",
+                         {"text_input": prompt["text"], "stream": True, "parameters": {"max_tokens": n, "temperature": 0}})
+    assert status == 200, body
+    events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
+    assert len(events) > 1 and "".join(e["text_output"] for e in events) == prompt["greedy_text"]
+
+
+def test_concurrent_streams_each_get_their_own_text(server, golden):
+    """Continuous batching: 6 streams at once on one instance, each equal to its greedy text alone."""
+    prompts = golden["prompts"] * 2
+    results, errors = [None] * len(prompts), []
+
+    def one(i, prompt):
+        try:
+            with StreamingClient(server.grpc_url, "llm_cpu") as client:
+                time.sleep(0.01 * i)  # join while the others decode
+                results[i] = client.generate(prompt["text"], {"max_tokens": len(prompt["greedy_ids"]), "temperature": 0})
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(prompts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for result, prompt in zip(results, prompts):
+        assert result.text == prompt["greedy_text"]
+
+
+def test_bad_requests_are_refused_alone_with_the_reason(server, golden):
+    prompt = golden["prompts"][0]["text"]
+    cases = [
+        ("llm_cpu", prompt, {"max_tokens": 0}, "max_tokens must be at least 1"),
+        ("llm_cpu", prompt, {"temperatur": 0}, "unknown sampling parameter.*temperatur"),
+        ("llm_cpu", prompt, {"top_p": 2}, "top_p"),
+        ("llm_cpu", "", {"max_tokens": 4}, "text_input is empty"),
+        ("llm_small", "word " * 60, {"max_tokens": 4}, r"prompt is \d+ tokens and the model's context is 48"),
+        ("llm_small", "word", {"max_tokens": 40}, "KV cache"),
+    ]
+    import re
+
+    for model, text, sampling, words in cases:
+        with StreamingClient(server.grpc_url, model) as client:
+            with pytest.raises(GenerationFailed) as info:
+                client.generate(text, sampling)
+            assert re.search(words, str(info.value)), (words, str(info.value))
+    # ... and the model still serves
+    with StreamingClient(server.grpc_url, "llm_cpu") as client:
+        first = golden["prompts"][0]
+        assert client.generate(first["text"], {"max_tokens": len(first["greedy_ids"]), "temperature": 0}).text == first["greedy_text"]
+
+
+def test_a_cancelled_stream_frees_its_sequence(server, golden):
+    import tritonclient.grpc as grpcclient
+
+    from portable_ep.generation.client import generation_inputs
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    got = []
+    client.start_stream(callback=lambda result, error: got.append((result, error)))
+    client.async_stream_infer("llm_cpu", generation_inputs(grpcclient, golden["prompts"][1]["text"], True,
+                                                           {"max_tokens": 200, "ignore_eos": True, "temperature": 0}))
+    deadline = time.time() + 30
+    while not got and time.time() < deadline:
+        time.sleep(0.005)
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.time() + 30
+    while "request cancelled by the client" not in server.log_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "request cancelled by the client" in server.log_text()
+    with StreamingClient(server.grpc_url, "llm_cpu") as fresh:
+        first = golden["prompts"][0]
+        assert fresh.generate(first["text"], {"max_tokens": len(first["greedy_ids"]), "temperature": 0}).text == first["greedy_text"]
+
+
+def test_npu_says_why_it_cannot_and_the_chain_falls_back(server, golden):
+    log = server.log_text()
+    assert "skipped provider 'npu'" in log and "generative models are not served on the NPU" in log
+    with StreamingClient(server.grpc_url, "llm_npu_first") as client:
+        first = golden["prompts"][0]
+        assert client.generate(first["text"], {"max_tokens": len(first["greedy_ids"]), "temperature": 0}).text == first["greedy_text"]
+
+
+def test_sampling_is_seeded_and_stop_strings_cut_the_text(server, golden):
+    prompt = golden["prompts"][1]
+    with StreamingClient(server.grpc_url, "llm_openvino") as client:
+        a = client.generate(prompt["text"], {"max_tokens": 16, "temperature": 0.9, "top_k": 20, "seed": 5})
+        b = client.generate(prompt["text"], {"max_tokens": 16, "temperature": 0.9, "top_k": 20, "seed": 5})
+        assert a.text == b.text
+        stop = prompt["greedy_text"][5:8]
+        cut = client.generate(prompt["text"], {"max_tokens": len(prompt["greedy_ids"]), "temperature": 0, "stop": [stop]})
+        assert cut.text == prompt["greedy_text"][: prompt["greedy_text"].index(stop)]
+
+
+def test_check_reports_ttft_itl_and_tokens_per_second(server, bundle, tmp_path):
+    out = tmp_path / "report"
+    result = subprocess.run([sys.executable, "-m", "portable_ep.cli", "check", "--url", server.grpc_url, "--model",
+                             "llm_openvino", "--bundle", str(server.model_repository / "llm_openvino" / "1"),
+                             "--metrics-url", server.metrics_url, "--concurrency", "1,4", "--max-tokens", "24",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy"]["passed"] and all(row["identical"] for row in report["accuracy"]["greedy"])
+    assert report["accuracy"]["teacher_forced"]["top1_agreement"] == pytest.approx(1.0, abs=0.01)
+    levels = report["latency"]["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 4]
+    for lv in levels:
+        assert lv["errors"] == 0 and lv["tokens_per_s"] > 0 and lv["ttft_p50_ms"] > 0 and lv["itl_p50_ms"] > 0
+        assert lv["inprocess_tokens_per_s"] > 0
+    assert "TTFT p50 ms" in (out / "report.md").read_text() and (out / "report.png").is_file()
+    merged = subprocess.run([sys.executable, "-m", "portable_ep.cli", "check", "merge", str(out / "report.json"),
+                             "--out", str(tmp_path / "matrix")], capture_output=True, text=True)
+    assert merged.returncode == 0 and "tokens/s" in merged.stdout
