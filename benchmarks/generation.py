@@ -48,28 +48,40 @@ def ensure_bundle(bundle, cache: Path) -> Path:
     return out
 
 
-def inprocess(bundle: Path, provider: str, precision: str, prompt: str, max_tokens: int, levels) -> dict:
-    from portable_ep.backends import LoadRequest, find_model_artifacts
-    from portable_ep.backends.registry import default_registry
-    from portable_ep.generation.decoder import Decoder
-    from portable_ep.generation.engine import EngineLimits, GenerationEngine
-    from portable_ep.generation.load import inprocess_level
-    from portable_ep.generation.tokenizer import BundleTokenizer
+class InProcess:
+    """One variant's session and engine in this process (the server's stubs hold their own)."""
 
-    artifacts = find_model_artifacts(bundle)
-    info = artifacts.manifest["decoder"]
-    session = default_registry().get(provider).load(LoadRequest(artifacts=artifacts, precision=precision))
-    try:
-        tokenizer = BundleTokenizer(bundle / info.get("tokenizer", "tokenizer"))
-        engine = GenerationEngine(Decoder(session, info.get("num_kv_heads"), info.get("head_dim")), tokenizer,
-                                  info["eos_token_ids"], EngineLimits(int(info["context_length"]), 4 << 30, 16))
-        ids = tokenizer.encode(prompt)
-        return {c: inprocess_level(engine, ids, max_tokens, c)["tokens_per_s"] for c in levels}
-    finally:
-        session.close()
+    def __init__(self, bundle: Path, provider: str, precision: str):
+        from portable_ep.backends import LoadRequest, find_model_artifacts
+        from portable_ep.backends.registry import default_registry
+        from portable_ep.generation.decoder import Decoder
+        from portable_ep.generation.engine import EngineLimits, GenerationEngine
+        from portable_ep.generation.tokenizer import BundleTokenizer
+
+        artifacts = find_model_artifacts(bundle)
+        info = artifacts.manifest["decoder"]
+        self.session = default_registry().get(provider).load(LoadRequest(artifacts=artifacts, precision=precision))
+        self.tokenizer = BundleTokenizer(bundle / info.get("tokenizer", "tokenizer"))
+        self.engine = GenerationEngine(Decoder(self.session, info.get("num_kv_heads"), info.get("head_dim")), self.tokenizer,
+                                       info["eos_token_ids"], EngineLimits(int(info["context_length"]), 4 << 30, 16))
+
+    def tokens_per_s(self, prompt: str, max_tokens: int, concurrency: int) -> float:
+        from portable_ep.generation.load import inprocess_level
+
+        return inprocess_level(self.engine, self.tokenizer.encode(prompt), max_tokens, concurrency)["tokens_per_s"]
+
+    def close(self) -> None:
+        self.session.close()
 
 
-def served(bundle: Path, prompt: str, max_tokens: int, levels, workdir: Path) -> dict:
+def side_by_side(bundle: Path, prompt: str, max_tokens: int, levels, rounds: int, workdir: Path):
+    """In-process and served figures of each variant, alternated ``rounds`` times; the median of each.
+
+    On a small shared machine memory bandwidth drifts by tens of percent between minutes;
+    alternating the two in one run keeps the ratio honest.
+    """
+    import statistics
+
     from portable_ep.exporters.repository import RepoOptions, add_to_repository
     from portable_ep.generation.load import served_level
     from portable_ep.triton_process import TritonServer
@@ -78,18 +90,28 @@ def served(bundle: Path, prompt: str, max_tokens: int, levels, workdir: Path) ->
     for provider, precision in VARIANTS:
         add_to_repository(bundle, repository, f"{provider}_{precision}", RepoOptions(providers=provider, precision=precision,
                                                                                      overwrite=True))
-    results = {}
+    inprocess, served = {}, {}
     with TritonServer(repository, log_path=workdir / "tritonserver.log") as server:
         for provider, precision in VARIANTS:
             name = f"{provider}_{precision}"
-            results[name] = {}
-            for c in levels:
-                level = served_level(server.grpc_url, name, prompt, max_tokens, c, requests_per_client=2)
-                if level["errors"]:
-                    raise SystemExit(f"{name} at concurrency {c}: {level['first_error']}")
-                results[name][c] = level
-            print(f"  served {name}: " + ", ".join(f"c{c} {results[name][c]['tokens_per_s']:.1f} tok/s" for c in levels), flush=True)
-    return results
+            local = InProcess(bundle, provider, precision)
+            try:
+                for c in levels:
+                    own, remote = [], []
+                    for _ in range(rounds):
+                        own.append(local.tokens_per_s(prompt, max_tokens, c))
+                        level = served_level(server.grpc_url, name, prompt, max_tokens, c, requests_per_client=2 if c > 1 else 4)
+                        if level["errors"]:
+                            raise SystemExit(f"{name} at concurrency {c}: {level['first_error']}")
+                        remote.append(level)
+                    inprocess.setdefault(name, {})[c] = statistics.median(own)
+                    middle = sorted(remote, key=lambda lv: lv["tokens_per_s"])[len(remote) // 2]
+                    served.setdefault(name, {})[c] = middle
+            finally:
+                local.close()
+            print(f"  {name}: " + ", ".join(f"c{c} in-process {inprocess[name][c]:.1f} / served {served[name][c]['tokens_per_s']:.1f} tok/s"
+                                            for c in levels), flush=True)
+    return inprocess, served
 
 
 def transformers_generate(prompt: str, max_tokens: int, levels) -> dict:
@@ -101,7 +123,9 @@ def transformers_generate(prompt: str, max_tokens: int, levels) -> dict:
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     out = {}
     for c in levels:
         batch = tokenizer([prompt] * c, return_tensors="pt", padding=True)
@@ -160,19 +184,20 @@ def main() -> int:
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench"), help="where the exported bundle is kept")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "bench-output"))
+    parser.add_argument("--rounds", type=int, default=3, help="alternating in-process/served rounds per level (median)")
     parser.add_argument("--skip-yardsticks", action="store_true", help="leave out transformers and openvino-genai")
     args = parser.parse_args()
     levels = (1, 8)
     bundle = ensure_bundle(args.bundle, Path(args.cache))
     prompt = chat_prompt(bundle)
     rows = []
-    print(f"bundle {bundle}; prompt {len(prompt)} chars; {args.max_tokens} tokens per request; cpu count {os.cpu_count()}")
-    for provider, precision in VARIANTS:
-        figures = inprocess(bundle, provider, precision, prompt, args.max_tokens, levels)
-        rows.append({"name": f"in-process {provider} {precision}", **{f"c{c}": v for c, v in figures.items()}})
-        print(f"  in-process {provider} {precision}: " + ", ".join(f"c{c} {v:.1f} tok/s" for c, v in figures.items()), flush=True)
+    print(f"bundle {bundle}; prompt {len(prompt)} chars; {args.max_tokens} tokens per request; cpu count {os.cpu_count()}; "
+          f"{args.rounds} alternating rounds, medians")
     with tempfile.TemporaryDirectory(prefix="portable-ep-genbench-") as work:
-        served_figures = served(bundle, prompt, args.max_tokens, levels, Path(work))
+        inprocess, served_figures = side_by_side(bundle, prompt, args.max_tokens, levels, args.rounds, Path(work))
+    for provider, precision in VARIANTS:
+        name = f"{provider}_{precision}"
+        rows.append({"name": f"in-process {provider} {precision}", **{f"c{c}": v for c, v in inprocess[name].items()}})
     for name, by_level in served_figures.items():
         rows.append({"name": f"served {name.replace('_', ' ')}", **{f"c{c}": lv["tokens_per_s"] for c, lv in by_level.items()},
                      "ttft_ms_c1": by_level[1]["ttft_p50_ms"], "itl_ms_c1": by_level[1]["itl_p50_ms"],

@@ -163,8 +163,18 @@ def export_decoder(model, dest: Path) -> None:
 
 def golden_data(model, tokenizer, server_tokenizer, eos_ids: Sequence[int], advance=lambda: None) -> dict:
     """Greedy continuations and teacher-forced data from the source framework."""
-    import torch
+    import inspect
 
+    import torch
+    from transformers import GenerationConfig
+
+    # Plain greedy, as the server's decode loop runs it at temperature 0. A folder's generation_config.json
+    # often carries sampling defaults (Qwen2.5-Instruct: repetition_penalty 1.05, top_k, top_p) that
+    # transformers would otherwise merge into any config given here (its use_model_defaults); a repetition
+    # penalty changes greedy tokens, so the fp32 decoder would "miss" a reference it was never meant to match.
+    greedy_config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=GREEDY_TOKENS,
+                                     eos_token_id=list(eos_ids) or None, pad_token_id=(list(eos_ids) or [0])[0])
+    pure = {"use_model_defaults": False} if "use_model_defaults" in inspect.signature(model.generate).parameters else {}
     prompts = []
     for text in _prompts(tokenizer):
         ids = server_tokenizer.encode(text)
@@ -174,8 +184,7 @@ def golden_data(model, tokenizer, server_tokenizer, eos_ids: Sequence[int], adva
                               f"tokenizer ({len(ids)} vs {len(source_ids)} tokens); the tokenizer cannot be served as is")
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=GREEDY_TOKENS, do_sample=False, eos_token_id=list(eos_ids) or None,
-                                 pad_token_id=(list(eos_ids) or [0])[0])
+                                 generation_config=greedy_config, **pure)
         greedy = out[0, len(ids):].tolist()
         prompts.append({"text": text, "prompt_ids": ids, "greedy_ids": greedy,
                         "greedy_text": server_tokenizer.decode([t for t in greedy if t not in eos_ids])})
@@ -247,7 +256,10 @@ def _plan(options: GenerativeOptions):
     if unknown:
         raise ExportError(f"unknown format(s) {', '.join(unknown)}; export writes {', '.join(FORMATS)}")
     precisions = ["fp32"] + [p for p in PRECISIONS if p in options.precisions and p != "fp32"]
-    return [(fmt, p) for fmt in FORMATS if fmt in options.formats for p in precisions]
+    plan = [(fmt, p) for fmt in FORMATS if fmt in options.formats for p in precisions]
+    # The fp32 ONNX decoder is built and measured whatever --formats says: every other variant is made
+    # from it, and it is the variant that proves the export reproduces the source (_decide).
+    return plan if ("onnx", "fp32") in plan else [("onnx", "fp32")] + plan
 
 
 def _build(work: Path, fmt: str, precision: str) -> dict:
@@ -330,6 +342,10 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
                 entry["file"] = None
         variants.append(entry)
     _decide(variants, problems, options)
+    if "onnx" not in options.formats:
+        # The fp32 ONNX was the stepping stone to the IR (as in exporters/bundle.py): not shipped.
+        _remove(work, FILES["onnx", "fp32"])
+        variants = [v for v in variants if v["format"] != "onnx"]
     manifest = {
         "name": options.name or (source.stem if source.suffix.lower() == ".gguf" else source.name),
         "created": now_utc(), "task": TASK, "source": source_entry, "decoder": info,
@@ -342,7 +358,8 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
 
 def _remove(work: Path, file: str) -> None:
     path = work / file
-    for leftover in (path, path.with_suffix(".bin") if path.suffix == ".xml" else None):
+    external = path.with_name(path.name + "_data")  # optimum's name for weights over 2 GB (model.onnx_data)
+    for leftover in (path, path.with_suffix(".bin") if path.suffix == ".xml" else external):
         if leftover is not None and leftover.exists():
             leftover.unlink()
 

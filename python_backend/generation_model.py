@@ -108,7 +108,7 @@ def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0,
     resolved = resolve_session(config, version_dir, device_id, registry)
     session = resolved.resolution.session
     try:
-        info = resolved.artifacts.manifest.get("generation") or {}
+        info = resolved.artifacts.manifest.get("decoder") or {}
         decoder = Decoder(session, info.get("num_kv_heads"), info.get("head_dim"))
         tokenizer = BundleTokenizer(resolved.artifacts.root / info.get("tokenizer", "tokenizer"))
         context = int(info.get("context_length") or 2048)

@@ -96,6 +96,7 @@ class GenerationEngine:
         #: Counters for /metrics and benchmarks.
         self.steps = 0
         self.tokens = 0
+        self.forward_s = 0.0  # seconds in decode passes (prefills excluded)
 
     # -- accepting requests (any thread) ----------------------------------------------
     def submit(self, request: GenerationRequest) -> None:
@@ -170,7 +171,9 @@ class GenerationEngine:
             return
         tokens = [seq.generated[-1] for seq in self._active]
         try:
+            _t = time.perf_counter()
             logits = self._batch.step(tokens)
+            self.forward_s += time.perf_counter() - _t
         except Exception as exc:  # noqa: BLE001 - the whole pass failed: every row's request gets the cause
             from portable_ep.exporters.errors import runtime_cause
 
