@@ -100,7 +100,7 @@ def side_by_side(bundle: Path, prompt: str, max_tokens: int, levels, rounds: int
                     own, remote = [], []
                     for _ in range(rounds):
                         own.append(local.tokens_per_s(prompt, max_tokens, c))
-                        level = served_level(server.grpc_url, name, prompt, max_tokens, c, requests_per_client=2 if c > 1 else 4)
+                        level = served_level(server.grpc_url, name, prompt, max_tokens, c, requests_per_client=1 if c > 1 else 3)
                         if level["errors"]:
                             raise SystemExit(f"{name} at concurrency {c}: {level['first_error']}")
                         remote.append(level)
@@ -184,7 +184,7 @@ def main() -> int:
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench"), help="where the exported bundle is kept")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "bench-output"))
-    parser.add_argument("--rounds", type=int, default=3, help="alternating in-process/served rounds per level (median)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating in-process/served rounds per level (median)")
     parser.add_argument("--skip-yardsticks", action="store_true", help="leave out transformers and openvino-genai")
     args = parser.parse_args()
     levels = (1, 8)

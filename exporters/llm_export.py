@@ -108,9 +108,14 @@ def _load_source(source: Path):
                               f"{', '.join(architectures) or config.model_type} — export it without --task {TASK}")
         kwargs, folder = {}, source
         entry = {"kind": "huggingface", "path": str(source), "task": TASK, "framework": "pytorch (transformers)"}
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
-                                                 attn_implementation="eager", **kwargs).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
+                                                     attn_implementation="eager", **kwargs).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        # No weights beside config.json, a damaged or non-LLM GGUF ("GGUF magic invalid"), an architecture
+        # this transformers cannot read from GGUF: transformers' own line names what is wrong.
+        raise ExportError(f"cannot load {source} as a causal language model: {one_line(exc)}") from None
     return model, tokenizer, entry
 
 
@@ -300,7 +305,9 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
     with stages.stage("load the language model"):
         model, tokenizer, source_entry = _load_source(source)
         eos_ids = _eos_ids(model, tokenizer)
-        tokenizer.save_pretrained(work / "tokenizer")
+        # The chat template inside tokenizer_config.json, where every client and older transformers look
+        # (transformers >= 4.56 would otherwise write it to chat_template.jinja beside it).
+        tokenizer.save_pretrained(work / "tokenizer", save_jinja_files=False)
         if not (work / "tokenizer" / "tokenizer.json").is_file():
             raise ExportError(f"{source}'s tokenizer has no fast (tokenizer.json) form, which the server needs")
     with stages.stage("export the decoder with KV cache"):
