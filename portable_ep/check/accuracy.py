@@ -59,7 +59,7 @@ def _random_inputs(target: Target) -> Optional[Dict[str, np.ndarray]]:
     if "input_ids" not in vocab and manifest.get("vocab_sizes"):
         vocab.update(manifest["vocab_sizes"])
     sequence = (manifest.get("reference") or {}).get("sequence_length", 16)
-    generation = manifest.get("decoder") or {}
+    generation = manifest.get("generation") or {}
     try:
         return generate_inputs(target.signature, RANDOM_SAMPLES, seed=RANDOM_SEED, sequence_length=sequence, vocab_sizes=vocab,
                                dim_sizes=generation.get("dim_sizes"), shapes=generation.get("input_shapes"),

@@ -31,7 +31,7 @@ def test_bundle_holds_every_variant_measured_with_the_serving_loop(exported):
     bundle, manifest = result.bundle, result.manifest
     assert manifest["task"] == "text-generation" and manifest["budgets"] == BUDGETS
     info = manifest["decoder"]
-    assert (info["num_layers"], info["num_kv_heads"], info["head_dim"], info["context_length"]) == (2, 2, 16, 256)
+    assert (info["num_layers"], info["num_kv_heads"], info["head_dim"], info["context_length"]) == (2, 2, 16, 512)
     assert info["eos_token_ids"] == [0] and info["chat_template"] is True
     for name in ("model.onnx", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "golden/generation.json"):
         assert (bundle / name).is_file(), name
