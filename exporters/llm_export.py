@@ -78,7 +78,17 @@ class GenerativeResult:
 
 
 def is_generative_source(source: Path, task: Optional[str]) -> bool:
-    return task == TASK or Path(source).suffix.lower() == ".gguf"
+    """A .gguf file, --task text-generation, or (no task given) a folder whose architecture is a causal LM."""
+    source = Path(source)
+    if task == TASK or source.suffix.lower() == ".gguf":
+        return True
+    if task is None and (source / "config.json").is_file():
+        try:
+            architectures = json.loads((source / "config.json").read_text()).get("architectures") or []
+        except (OSError, ValueError):
+            return False
+        return any(str(a).endswith("ForCausalLM") for a in architectures)
+    return False
 
 
 def _load_source(source: Path):

@@ -1,8 +1,9 @@
 """Weight variants of a decoder with KV cache: ONNX int8/int4 (ONNX Runtime), IR fp32/int8/int4 (OpenVINO/NNCF).
 
 Decoding one token reads every weight once, so on a CPU tokens/s follows the bytes of
-the weights: the variants here compress weights only and keep activations and the KV
-cache in fp32 (what the parity budgets are about).
+the weights: the variants here compress weights only; inputs, outputs and the KV cache stay
+fp32, and inside the compressed MatMuls activations are quantized to int8 on the fly
+(MatMulNBits accuracy level 4; OpenVINO's CPU plugin does the same by default).
 """
 from __future__ import annotations
 

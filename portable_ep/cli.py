@@ -340,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("source", metavar="SOURCE", help="Hugging Face model folder (config.json + weights), a .onnx file, or a .gguf file")
     export.add_argument("out_dir", metavar="OUT_DIR", help="the bundle folder to write")
     export.add_argument("--task", help="for a Hugging Face folder, e.g. text-classification, feature-extraction, "
-                        "image-classification, text-generation (default: inferred from config.json's architectures; text-generation for .gguf)")
-    export.add_argument("--precisions", help="stored precisions, fp32 always included (default: fp32,fp16,int8; a variant "
+                        "image-classification, text-generation (default: inferred from config.json's architectures, a …ForCausalLM "
+                        "is text-generation; a .gguf file is text-generation)")
+    export.add_argument("--precisions", help="stored precisions, fp32 always included (default: fp32,fp16,int8; for a "
+                        "text-generation export fp32,int8,int4; a variant "
                         "asked for by default that cannot be built or misses its budget is left out with its reason, one "
                         "named here fails the export)")
     export.add_argument("--formats", help="onnx, openvino (default: both; named formats must all succeed, like --precisions)")

@@ -31,7 +31,7 @@ import numpy as np
 
 from portable_ep.generation.decoder import Decoder, NotADecoder
 from portable_ep.generation.engine import EngineLimits, GenerationEngine, GenerationRequest, Output, RequestRefused
-from portable_ep.generation.sampling import SamplingError, SamplingParams
+from portable_ep.generation.sampling import SamplingError, SamplingParams, convert_value
 from portable_ep.generation.tokenizer import BundleTokenizer
 from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
 from portable_ep.python_backend.model_loader import ResolvedSession, resolve_session
@@ -39,7 +39,6 @@ from portable_ep.python_backend.model_loader import ResolvedSession, resolve_ses
 TASK = "text-generation"
 DEFAULT_KV_CACHE_MB = 1024
 DEFAULT_MAX_BATCH = 16
-INPUTS = {"text_input": "BYTES", "stream": "BOOL", "sampling_parameters": "BYTES", "exclude_input_in_output": "BOOL"}
 OUTPUT = "text_output"
 
 
@@ -135,6 +134,17 @@ def _scalar(request, name: str, pb):
     return values[0]
 
 
+def _flag(request, name: str, parameters: dict, pb) -> bool:
+    """A BOOL input, else the request parameter of that name ("false" is false), else false."""
+    value = _scalar(request, name, pb)
+    if value is not None:
+        return bool(value)
+    try:
+        return convert_value(name, parameters.get(name, False), "bool")
+    except SamplingError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def parse_request(request, pb):
     """(prompt text, stream, exclude_input_in_output, SamplingParams) or BadRequest/SamplingError."""
     text = _scalar(request, "text_input", pb)
@@ -149,10 +159,8 @@ def parse_request(request, pb):
         parameters = json.loads(request.parameters() or "{}")
     except ValueError:
         parameters = {}
-    stream = _scalar(request, "stream", pb)
-    stream = bool(parameters.get("stream", False)) if stream is None else bool(stream)
-    exclude = _scalar(request, "exclude_input_in_output", pb)
-    exclude = bool(parameters.get("exclude_input_in_output", False)) if exclude is None else bool(exclude)
+    stream = _flag(request, "stream", parameters, pb)
+    exclude = _flag(request, "exclude_input_in_output", parameters, pb)
     sampling = _scalar(request, "sampling_parameters", pb)
     if isinstance(sampling, bytes):
         sampling = sampling.decode("utf-8", errors="replace")
@@ -195,7 +203,7 @@ class ResponseStream:
             if final:
                 self.sender.send(self._response(self.text), flags=final_flag)
         if final and self.on_done is not None:
-            self.on_done(self)
+            self.on_done(output)
 
 
 class ResponseSender:
@@ -267,11 +275,13 @@ class GenerationServing:
         if self.metrics is not None:
             self.metrics.record_execution(1, 1, 0.0)
 
-    def _done(self, stream: ResponseStream) -> None:
-        if self.metrics is not None:
-            self.metrics.record_execution(1, 0, 0.0)
+    def _done(self, output: Output) -> None:
+        if self.metrics is not None:  # cancelled and failed requests count as errors
+            failed = output.error is not None or output.finish_reason == "cancelled"
+            self.metrics.record_execution(1, int(failed), 0.0)
 
     def finalize(self) -> None:
         self.engine.stop()
         self.sender.close()
-        self.loaded.resolved.resolution.session.close()
+        if not self.engine.running:  # never pull the session from under a pass still running
+            self.loaded.resolved.resolution.session.close()

@@ -113,6 +113,8 @@ class GenerationEngine:
         need = (prompt + max_new) * self.bytes_per_token
         budget = self.limits.kv_budget_bytes
         with self._lock:
+            if self._stopping:
+                raise RequestRefused("the model is being unloaded; retry once it is loaded again")
             if need > budget:
                 raise RequestRefused(
                     f"this request needs {need / MIB:.1f} MiB of KV cache ({prompt} prompt + {max_new} new tokens) "
@@ -145,6 +147,11 @@ class GenerationEngine:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        """The loop thread is still alive (e.g. ``stop`` timed out in the middle of a long pass)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -154,10 +161,15 @@ class GenerationEngine:
                     break
             try:
                 self.step()
-            except Exception as exc:  # noqa: BLE001 - a failed pass ends its sequences, never the loop
-                self.log(f"generation step failed: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug must end the sequences it touched, never the loop
+                self.log(f"generation step failed: {type(exc).__name__}: {exc}")
+                for seq in self._active:
+                    if seq.reserved:
+                        self._finish(seq, error=f"generation failed: {type(exc).__name__}: {exc}")
+                self._active, self._batch = [], DecodeBatch(self.decoder)
         for seq in self._active + self._waiting:
-            self._finish(seq, error="the model is being unloaded")
+            if seq.reserved:  # not answered yet
+                self._finish(seq, error="the model is being unloaded")
 
     def idle(self) -> bool:
         with self._lock:
@@ -185,7 +197,7 @@ class GenerationEngine:
             return
         self.steps += 1
         for seq, row in zip(self._active, logits):
-            self._take(seq, row)
+            self._take_or_fail(seq, row)
         self._remove_finished()
 
     def _drop_cancelled(self) -> None:
@@ -215,37 +227,53 @@ class GenerationEngine:
                 self._finish(seq, error=f"prefill failed: {runtime_cause(exc)}")
                 continue
             self._active.append(seq)
-            self._take(seq, row)
+            self._take_or_fail(seq, row)
             self._remove_finished()
+
+    def _take_or_fail(self, seq: _Sequence, logits: np.ndarray) -> None:
+        """``_take``; a failure (a sampler error on odd logits) ends this sequence alone, with its cause."""
+        try:
+            self._take(seq, logits)
+        except Exception as exc:  # noqa: BLE001 - this request's problem; the batch decodes on
+            self.log(f"sampling failed: {type(exc).__name__}: {exc}")
+            if seq.reserved:
+                self._finish(seq, error=f"sampling failed: {type(exc).__name__}: {exc}")
+            if not seq.generated:
+                seq.generated.append(0)  # keeps the row's step input defined until it is removed
 
     def _take(self, seq: _Sequence, logits: np.ndarray) -> None:
         """Sample the sequence's next token and hand out the text it completes."""
         params = seq.params
         early = len(seq.generated) < params.min_tokens
         banned = (*self.eos_ids, *params.stop_token_ids) if early else ()
-        token = seq.sampler(logits, seq.history, banned)
+        token = seq.sampler(logits, seq.history, banned, seq.generated)
         seq.generated.append(token)
         self.tokens += 1
         if not params.ignore_eos and token in self.eos_ids or token in params.stop_token_ids:
             seq.finish = "stop"
+            before = len(seq.text)
+            seq.text += seq.detok.flush()  # a character held back for its last bytes
+            self._apply_stop_strings(seq, before)
             self._emit(seq, final=True)
             return
         seq.pending_ids.append(token)
+        before = len(seq.text)
         seq.text += seq.detok.add(token)
-        if self._apply_stop_strings(seq):
+        if len(seq.generated) >= seq.max_new:
+            seq.text += seq.detok.flush()
+        if self._apply_stop_strings(seq, before):
             seq.finish = "stop"
         elif len(seq.generated) >= seq.max_new:
             seq.finish = "length"
-            seq.text += seq.detok.flush()
         self._emit(seq, final=seq.finish is not None)
 
-    def _apply_stop_strings(self, seq: _Sequence) -> bool:
+    def _apply_stop_strings(self, seq: _Sequence, before: int) -> bool:
+        """Cut the text at the first stop string; ``before``: its length before the newest piece."""
         stops = seq.params.stop
         if not stops:
             return False
-        # Only the newest text can complete a stop string.
-        horizon = max(len(s) for s in stops) + 16
-        start = max(0, len(seq.text) - horizon)
+        # Only text reaching into the newest piece can complete a stop string.
+        start = max(0, before - max(len(s) for s in stops) + 1)
         found = [(seq.text.find(s, start), s) for s in stops]
         found = [(index, s) for index, s in found if index >= 0]
         if not found:

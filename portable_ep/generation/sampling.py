@@ -46,7 +46,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # vLLM's rule: below 1e-5 a temperature is greedy (dividing by it would overflow the logits).
+        return self.temperature < 1e-5
 
     @classmethod
     def from_request(cls, sampling_json: Optional[str], parameters: Optional[Mapping[str, Any]] = None) -> "SamplingParams":
@@ -72,12 +73,17 @@ class SamplingParams:
     @classmethod
     def build(cls, values: Mapping[str, Any]) -> "SamplingParams":
         for key, default in _ONLY_DEFAULT.items():
-            if key in values and values[key] not in (default, str(default), None):
+            value = values.get(key)
+            if isinstance(value, str) and isinstance(default, bool):
+                value = convert_value(key, value, "bool")
+            elif isinstance(value, str) and isinstance(default, int) and value.strip().isdigit():
+                value = int(value)
+            if key in values and value not in (default, None):
                 raise SamplingError(f"{key}={values[key]!r} is not supported (one sequence per request, no logprobs)")
         kwargs = {}
         for f in fields(cls):
             if f.name in values and values[f.name] is not None:
-                kwargs[f.name] = _convert(f.name, values[f.name], f.type)
+                kwargs[f.name] = convert_value(f.name, values[f.name], f.type)
         params = cls(**kwargs)
         params.validate()
         return params
@@ -91,6 +97,9 @@ class SamplingParams:
             (self.top_k == -1 or self.top_k >= 0, "top_k must be -1 or 0 (off) or a positive count"),
             (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
+            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
+            (all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids (>= 0)"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be a string or a list of non-empty strings"),
             (self.seed is None or self.seed >= 0, "seed must be >= 0"),
         ]
@@ -99,7 +108,7 @@ class SamplingParams:
                 raise SamplingError(message)
 
 
-def _convert(name: str, value: Any, kind: str):
+def convert_value(name: str, value: Any, kind: str):
     try:
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -113,7 +122,7 @@ def _convert(name: str, value: Any, kind: str):
                 raise ValueError
             return number
         if kind == "Optional[int]":
-            return None if value in ("", "null") else _convert(name, value, "int")
+            return None if value in ("", "null") else convert_value(name, value, "int")
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -147,20 +156,24 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def __call__(self, logits: np.ndarray, history: Sequence[int], banned: Sequence[int] = ()) -> int:
+    def __call__(self, logits: np.ndarray, history: Sequence[int], banned: Sequence[int] = (),
+                 generated: Sequence[int] = ()) -> int:
+        """``history``: prompt and output (repetition penalty); ``generated``: output only (presence/frequency, as vLLM)."""
         p = self.params
         logits = np.asarray(logits, np.float64)
+        vocab = logits.shape[0]
         if banned or p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
             logits = logits.copy()
+            banned = [t for t in banned if 0 <= t < vocab]
             if banned:  # end-of-sequence tokens before min_tokens
-                logits[list(banned)] = -np.inf
-            if len(history):
-                counts = np.bincount(np.asarray(history, np.int64), minlength=logits.shape[0])[: logits.shape[0]]
-                seen = counts > 0
-                if p.repetition_penalty != 1.0:
-                    logits[seen] = np.where(logits[seen] > 0, logits[seen] / p.repetition_penalty,
-                                            logits[seen] * p.repetition_penalty)
-                logits -= p.frequency_penalty * counts + p.presence_penalty * seen
+                logits[banned] = -np.inf
+            if p.repetition_penalty != 1.0 and len(history):
+                seen = np.bincount(np.asarray(history, np.int64), minlength=vocab)[:vocab] > 0
+                logits[seen] = np.where(logits[seen] > 0, logits[seen] / p.repetition_penalty,
+                                        logits[seen] * p.repetition_penalty)
+            if (p.presence_penalty or p.frequency_penalty) and len(generated):
+                counts = np.bincount(np.asarray(generated, np.int64), minlength=vocab)[:vocab]
+                logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
         if p.greedy:
             return int(np.argmax(logits))
         logits = logits / p.temperature
@@ -169,10 +182,7 @@ class Sampler:
             logits = np.where(logits < kth, -np.inf, logits)
         probs = np.exp(logits - np.max(logits))
         probs /= probs.sum()
-        if p.min_p > 0:
-            probs = np.where(probs < p.min_p * probs.max(), 0.0, probs)
-            probs /= probs.sum()
-        if p.top_p < 1.0:
+        if p.top_p < 1.0:  # vLLM's order: top-k, top-p, min-p
             order = np.argsort(-probs)
             cumulative = np.cumsum(probs[order])
             # keep the smallest prefix whose mass reaches top_p (at least one token)
@@ -180,4 +190,7 @@ class Sampler:
             kept = np.zeros_like(probs)
             kept[order[:cut]] = probs[order[:cut]]
             probs = kept / kept.sum()
+        if p.min_p > 0:
+            probs = np.where(probs < p.min_p * probs.max(), 0.0, probs)
+            probs /= probs.sum()
         return int(self.rng.choice(probs.shape[0], p=probs))

@@ -252,3 +252,57 @@ def test_detokenizer_holds_back_half_characters(tiny):
     pieces = [detok.add(t) for t in tokenizer.encode(text)]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) + detok.flush() == tokenizer.decode(tokenizer.encode(text))
+
+
+def test_a_request_the_sampler_cannot_serve_fails_alone_and_the_engine_goes_on(tiny, references):
+    """Review finding: a sampler error used to leave a row without a token and freeze every later step."""
+    folder, _ = tiny
+    tokenizer = BundleTokenizer(folder)
+    engine = _engine(folder)
+    broken = Sampler.__call__
+
+    def failing(self, logits, history, banned=(), generated=()):
+        if self.params.seed == 13:
+            raise ValueError("probabilities contain NaN")
+        return broken(self, logits, history, banned, generated)
+    good_out, good_done, good_cb = _collect()
+    bad_out, bad_done, bad_cb = _collect()
+    try:
+        Sampler.__call__ = failing
+        engine.submit(GenerationRequest(tokenizer.encode(PROMPTS[0]), SamplingParams.build(
+            {"max_tokens": 24, "temperature": 0, "ignore_eos": True}), good_cb))
+        engine.submit(GenerationRequest(tokenizer.encode(PROMPTS[1]), SamplingParams(seed=13), bad_cb))
+        for _ in range(100):
+            if good_done.is_set() and bad_done.is_set():
+                break
+            engine.step()
+    finally:
+        Sampler.__call__ = broken
+    assert bad_out[-1].error and "NaN" in bad_out[-1].error and len([o for o in bad_out if o.error]) == 1
+    assert [t for o in good_out for t in o.token_ids] == references[PROMPTS[0]]
+    assert engine.idle() and engine.reserved_bytes == 0
+    # odd but valid values are served: a tiny temperature is greedy, an out-of-vocabulary stop id bans nothing
+    outputs, done, on_output = _collect()
+    engine.submit(GenerationRequest(tokenizer.encode(PROMPTS[0]), SamplingParams.build(
+        {"max_tokens": 24, "temperature": 1e-310, "min_tokens": 2, "stop_token_ids": [10 ** 6], "ignore_eos": True}), on_output))
+    while not done.is_set():
+        engine.step()
+    assert [t for o in outputs for t in o.token_ids] == references[PROMPTS[0]]
+
+
+def test_a_stop_string_inside_one_long_piece_is_found_and_unloading_refuses(tiny, references):
+    folder, _ = tiny
+    tokenizer = BundleTokenizer(folder)
+    engine = _engine(folder)
+    prompt = PROMPTS[3]
+    full = tokenizer.decode(references[prompt])
+    stop = full[2:4]
+    outputs, done, on_output = _collect()
+    engine.submit(GenerationRequest(tokenizer.encode(prompt), SamplingParams.build(
+        {"max_tokens": 24, "temperature": 0, "stop": [stop, "x" * 40]}), on_output))
+    while not done.is_set():
+        engine.step()
+    assert "".join(o.text for o in outputs) == full[: full.index(stop)]
+    engine.start().stop()
+    with pytest.raises(RequestRefused, match="being unloaded"):
+        engine.submit(GenerationRequest(tokenizer.encode(prompt), SamplingParams(), lambda o: None))
