@@ -78,7 +78,8 @@ def test_golden_data_is_transformers_greedy_and_encodes_like_the_server(exported
 def test_sources_and_refusals(tmp_path, exported):
     work, _ = exported
     assert is_generative_source(Path("m.gguf"), None) and is_generative_source(work / "hf", "text-generation")
-    assert not is_generative_source(work / "hf", None)
+    assert is_generative_source(work / "hf", None)  # a …ForCausalLM folder needs no --task
+    assert not is_generative_source(work / "hf", "feature-extraction")
     with pytest.raises(ExportError, match="does not exist"):
         export_generative(tmp_path / "missing.gguf", tmp_path / "out", GenerativeOptions(progress=False))
     with pytest.raises(ExportError, match="unknown precision.*fp16"):
