@@ -200,6 +200,8 @@ def _cmd_check(args) -> int:
     missing = [flag for flag, value in (("--url", args.url), ("--model", args.model), ("--bundle", args.bundle)) if not value]
     if missing:
         raise SystemExit(f"portable-ep check: {', '.join(missing)} required (see portable-ep check --help)")
+    if args.max_tokens < 1:
+        raise SystemExit(f"portable-ep check: --max-tokens {args.max_tokens}: give at least 1")
     from portable_ep.check.report import markdown
     from portable_ep.check.run import CheckOptions, LatencyBudget, check_exit, run_check, write_reports
     from portable_ep.check.target import Target
