@@ -27,7 +27,8 @@ from rich.table import Table
 
 from portable_ep.console import make_console
 from portable_ep.demo_llm import CHECK_CONCURRENCY as LLM_CHECK_CONCURRENCY
-from portable_ep.demo_llm import LLM_SERVED, STREAM_MODEL, add_llm_models, check_llm_models, export_smollm2, stream_chat
+from portable_ep.demo_llm import (LLM_SERVED, STREAM_MODEL, add_llm_models, check_llm_models, export_smollm2,
+                                  http_generate_matches_source, stream_chat)
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, compare_outputs
 from portable_ep.exporters.errors import ExportError
 from portable_ep.metrics_text import served_providers
@@ -156,6 +157,7 @@ def run_demo(output_dir: Optional[str] = None) -> int:
         for model in served_models():
             console.print(f"  {model}: {escape(providers[model]['description'])}")
         all_ok &= stream_chat(server, repository / STREAM_MODEL / "1", console)
+        all_ok &= http_generate_matches_source(server, repository / "smollm2_openvino" / "1", console)
         all_ok &= run_checks(server, repository, workdir / "check", console) == 0
     finally:
         server.stop()

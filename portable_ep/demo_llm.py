@@ -65,6 +65,24 @@ def stream_chat(server, bundle: Path, console) -> bool:
     return bool("".join(pieces).strip())
 
 
+def http_generate_matches_source(server, bundle: Path, console) -> bool:
+    """Triton's HTTP /generate on the fp32 model: the source's greedy answer to a golden prompt, exactly."""
+    import json
+    import urllib.request
+
+    golden = json.loads((bundle / "golden" / "generation.json").read_text())["prompts"][2]
+    body = {"text_input": golden["text"], "exclude_input_in_output": True,
+            "parameters": {"max_tokens": len(golden["greedy_ids"]), "temperature": 0}}
+    request = urllib.request.Request(f"http://{server.host}:{server.http_port}/v2/models/smollm2_openvino/generate",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        text = json.loads(response.read())["text_output"]
+    same = text == golden["greedy_text"]
+    console.print(f"  HTTP /generate on smollm2_openvino (fp32): {'[green]identical to[/]' if same else '[red]differs from[/]'} "
+                  f"transformers' greedy answer: {escape(text[:90])!s}…")
+    return same
+
+
 def check_llm_models(server, repository: Path, out: Path, console) -> list:
     """`portable-ep check` on each served LLM; returns [(model, report path, exit code)]."""
     from portable_ep.check.run import CheckOptions, check_exit, run_check, write_reports
