@@ -54,16 +54,12 @@ class InProcess:
     def __init__(self, bundle: Path, provider: str, precision: str):
         from portable_ep.backends import LoadRequest, find_model_artifacts
         from portable_ep.backends.registry import default_registry
-        from portable_ep.generation.decoder import Decoder
-        from portable_ep.generation.engine import EngineLimits, GenerationEngine
-        from portable_ep.generation.tokenizer import BundleTokenizer
+        from portable_ep.generation.bundle import bundle_engine
 
         artifacts = find_model_artifacts(bundle)
-        info = artifacts.manifest["decoder"]
         self.session = default_registry().get(provider).load(LoadRequest(artifacts=artifacts, precision=precision))
-        self.tokenizer = BundleTokenizer(bundle / info.get("tokenizer", "tokenizer"))
-        self.engine = GenerationEngine(Decoder(self.session, info.get("num_kv_heads"), info.get("head_dim")), self.tokenizer,
-                                       info["eos_token_ids"], EngineLimits(int(info["context_length"]), 4 << 30, 16))
+        self.engine = bundle_engine(self.session, bundle, artifacts.manifest, 4 << 30, 16)
+        self.tokenizer = self.engine.tokenizer
 
     def tokens_per_s(self, prompt: str, max_tokens: int, concurrency: int) -> float:
         from portable_ep.generation.load import inprocess_level

@@ -217,9 +217,9 @@ def golden_data(model, tokenizer, server_tokenizer, eos_ids: Sequence[int], adva
 def measure_variant(session, decoder_info: dict, golden: dict) -> dict:
     """What the served decode loop gives on this variant: greedy tokens and teacher-forced figures."""
     from portable_ep.check.generation import teacher_forced
-    from portable_ep.generation.decoder import Decoder
+    from portable_ep.generation.bundle import bundle_decoder
 
-    decoder = Decoder(session, decoder_info["num_kv_heads"], decoder_info["head_dim"])
+    decoder = bundle_decoder(session, {"decoder": decoder_info})
     eos = decoder_info["eos_token_ids"]
     matched = []
     for prompt in golden["prompts"]:

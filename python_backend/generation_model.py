@@ -29,8 +29,9 @@ from typing import Optional
 
 import numpy as np
 
-from portable_ep.generation.decoder import Decoder, NotADecoder
-from portable_ep.generation.engine import EngineLimits, GenerationEngine, GenerationRequest, Output, RequestRefused
+from portable_ep.generation.bundle import bundle_engine
+from portable_ep.generation.decoder import NotADecoder
+from portable_ep.generation.engine import GenerationEngine, GenerationRequest, Output, RequestRefused
 from portable_ep.generation.sampling import SamplingError, SamplingParams, convert_value
 from portable_ep.generation.tokenizer import BundleTokenizer
 from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
@@ -107,14 +108,9 @@ def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0,
     resolved = resolve_session(config, version_dir, device_id, registry)
     session = resolved.resolution.session
     try:
-        info = resolved.artifacts.manifest.get("decoder") or {}
-        decoder = Decoder(session, info.get("num_kv_heads"), info.get("head_dim"))
-        tokenizer = BundleTokenizer(resolved.artifacts.root / info.get("tokenizer", "tokenizer"))
-        context = int(info.get("context_length") or 2048)
-        if max_context:
-            context = min(context, max_context)
-        engine = GenerationEngine(decoder, tokenizer, info.get("eos_token_ids") or [],
-                                  EngineLimits(context, int(kv_mb * (1 << 20)), max_batch), log=log)
+        engine = bundle_engine(session, resolved.artifacts.root, resolved.artifacts.manifest, int(kv_mb * (1 << 20)),
+                               max_batch, max_context, log=log)
+        tokenizer = engine.tokenizer
     except NotADecoder as exc:
         session.close()
         raise ModelConfigError(f"model {config.name!r}: {exc}") from None

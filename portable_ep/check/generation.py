@@ -45,9 +45,9 @@ def load_golden(target: Target) -> dict:
 
 
 def _tokenizer(target: Target):
-    from portable_ep.generation.tokenizer import BundleTokenizer
+    from portable_ep.generation.bundle import bundle_tokenizer
 
-    return BundleTokenizer(target.bundle / (target.manifest.get("decoder") or {}).get("tokenizer", "tokenizer"))
+    return bundle_tokenizer(target.bundle, target.manifest)
 
 
 def matched_tokens(tokenizer, expected_ids: Sequence[int], served_text: str) -> int:
@@ -79,12 +79,11 @@ def _greedy(target: Target, golden: dict, tokenizer, eos_ids) -> List[dict]:
 
 def teacher_forced(session, manifest: dict, golden: dict) -> dict:
     """Top-1 agreement and perplexity of the session on the golden text, against the source's."""
-    from portable_ep.generation.decoder import Decoder
+    from portable_ep.generation.bundle import bundle_decoder
 
-    info = manifest.get("decoder") or {}
     forced = golden["teacher_forced"]
     ids = forced["ids"]
-    logits = Decoder(session, info.get("num_kv_heads"), info.get("head_dim")).teacher_forced_logits(ids)[:-1]
+    logits = bundle_decoder(session, manifest).teacher_forced_logits(ids)[:-1]
     targets = np.asarray(ids[1:])
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -132,12 +131,9 @@ def check_generation_accuracy(target: Target, session, session_reason: str) -> d
 
 
 def _engine(target: Target, session):
-    from portable_ep.generation.decoder import Decoder
-    from portable_ep.generation.engine import EngineLimits, GenerationEngine
+    from portable_ep.generation.bundle import bundle_engine
 
-    info = target.manifest.get("decoder") or {}
-    return GenerationEngine(Decoder(session, info.get("num_kv_heads"), info.get("head_dim")), _tokenizer(target),
-                            info.get("eos_token_ids") or [], EngineLimits(int(info.get("context_length") or 2048), 4 << 30, 64))
+    return bundle_engine(session, target.bundle, target.manifest, 4 << 30, 64)
 
 
 def check_generation_latency(target: Target, options: GenerationCheckOptions, session, session_reason: str) -> dict:

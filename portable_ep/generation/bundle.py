@@ -1,0 +1,41 @@
+"""A generative bundle's decoder, tokenizer and engine, built from its manifest (one place for the rules)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from portable_ep.generation.decoder import Decoder
+from portable_ep.generation.engine import EngineLimits, GenerationEngine
+from portable_ep.generation.tokenizer import BundleTokenizer
+
+#: Context for a manifest that does not give one (optimum's decoders of older exports).
+DEFAULT_CONTEXT = 2048
+
+
+def decoder_info(manifest: Optional[dict]) -> dict:
+    return (manifest or {}).get("decoder") or {}
+
+
+def bundle_decoder(session, manifest: Optional[dict]) -> Decoder:
+    """The session as a decoder; kv heads and head size from the manifest where the runtime lost them."""
+    info = decoder_info(manifest)
+    return Decoder(session, info.get("num_kv_heads"), info.get("head_dim"))
+
+
+def bundle_tokenizer(root: Path, manifest: Optional[dict]) -> BundleTokenizer:
+    return BundleTokenizer(Path(root) / decoder_info(manifest).get("tokenizer", "tokenizer"))
+
+
+def context_length(manifest: Optional[dict]) -> int:
+    return int(decoder_info(manifest).get("context_length") or DEFAULT_CONTEXT)
+
+
+def bundle_engine(session, root: Path, manifest: dict, kv_budget_bytes: int, max_batch: int,
+                  max_context: Optional[int] = None, log: Callable[[str], None] = lambda message: None) -> GenerationEngine:
+    """A (not started) engine for the bundle at ``root`` on ``session``."""
+    context = context_length(manifest)
+    if max_context:
+        context = min(context, max_context)
+    return GenerationEngine(bundle_decoder(session, manifest), bundle_tokenizer(root, manifest),
+                            decoder_info(manifest).get("eos_token_ids") or [],
+                            EngineLimits(context, kv_budget_bytes, max_batch), log=log)
