@@ -45,7 +45,7 @@ def test_task_that_cannot_be_inferred(capsys, tmp_path, tiny_hf_bert, out):
     folder = tmp_path / "causal"
     shutil.copytree(tiny_hf_bert, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["architectures"] = ["BertLMHeadForCausalLM"]
+    config["architectures"] = ["BertWithACustomHead"]  # no task follows from it (…ForCausalLM would be text-generation)
     (folder / "config.json").write_text(json.dumps(config))
     code, err = run_export(capsys, folder, out)
     assert code == 1 and "cannot infer the task" in err and "--task" in err
