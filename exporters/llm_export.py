@@ -241,11 +241,9 @@ def budget_problems(accuracy: dict, budget: dict) -> List[str]:
     if budget.get("greedy_identical") and not accuracy["greedy_identical"]:
         problems.append(f"greedy tokens differ from the source's (matched {accuracy['greedy_matched_tokens']} of "
                         f"{GREEDY_TOKENS} per prompt)")
-    if accuracy["top1_agreement"] < budget["min_top1_agreement"]:
-        problems.append(f"teacher-forced top-1 agreement {accuracy['top1_agreement']:.3f} < {budget['min_top1_agreement']}")
-    if accuracy["perplexity_ratio"] > budget["max_perplexity_ratio"]:
-        problems.append(f"perplexity ratio {accuracy['perplexity_ratio']:.3f} > {budget['max_perplexity_ratio']}")
-    return problems
+    from portable_ep.check.generation import teacher_forced_problems
+
+    return problems + teacher_forced_problems(accuracy, budget)
 
 
 def _decoder_info(model, tokenizer, eos_ids) -> dict:

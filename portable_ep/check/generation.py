@@ -95,6 +95,16 @@ def teacher_forced(session, manifest: dict, golden: dict) -> dict:
             "perplexity_ratio": perplexity / forced["reference_perplexity"]}
 
 
+def teacher_forced_problems(figures: dict, budget: dict) -> List[str]:
+    """Budget lines a precision's teacher-forced figures miss (export and check judge with this one rule)."""
+    problems = []
+    if budget.get("min_top1_agreement") is not None and figures["top1_agreement"] < budget["min_top1_agreement"]:
+        problems.append(f"teacher-forced top-1 agreement {figures['top1_agreement']:.3f} < {budget['min_top1_agreement']}")
+    if budget.get("max_perplexity_ratio") is not None and figures["perplexity_ratio"] > budget["max_perplexity_ratio"]:
+        problems.append(f"perplexity ratio {figures['perplexity_ratio']:.3f} > {budget['max_perplexity_ratio']}")
+    return problems
+
+
 def check_generation_accuracy(target: Target, session, session_reason: str) -> dict:
     if target.manifest is None:
         return {"checked": False, "reason": "no --bundle given: nothing to compare with", "passed": True, "problems": []}
@@ -121,11 +131,7 @@ def check_generation_accuracy(target: Target, session, session_reason: str) -> d
     else:
         forced = teacher_forced(session, target.manifest, golden)
         report["teacher_forced"] = forced
-        if budget.get("min_top1_agreement") is not None and forced["top1_agreement"] < budget["min_top1_agreement"]:
-            problems.append(f"teacher-forced top-1 agreement {forced['top1_agreement']:.3f} is below the budget "
-                            f"{budget['min_top1_agreement']}")
-        if budget.get("max_perplexity_ratio") is not None and forced["perplexity_ratio"] > budget["max_perplexity_ratio"]:
-            problems.append(f"perplexity ratio {forced['perplexity_ratio']:.3f} is over the budget {budget['max_perplexity_ratio']}")
+        problems += teacher_forced_problems(forced, budget)
     report["problems"], report["passed"] = problems, not problems
     return report
 
