@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -339,15 +339,23 @@ def export_bundle(source_path, out_dir, options: Optional[ExportOptions] = None)
     options.check()
     source = resolve_source(source_path, options.task)
     out = Path(out_dir).resolve()
+    return write_bundle(out, options.overwrite, options.progress,
+                        lambda work, stages: _export_into(source, work, out, options, stages))
+
+
+def write_bundle(out: Path, overwrite: bool, progress: bool, build: Callable[[Path, Stages], "ExportResult"]):
+    """Run ``build(work, stages)`` in a temporary folder beside ``out`` and move it into place only when complete.
+
+    A failed or interrupted export leaves ``out`` as it was. ``build`` returns a result whose ``bundle`` is set to ``out``.
+    """
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
-    if occupied:
-        if not options.overwrite:
-            raise ExportError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    if occupied and not overwrite:
+        raise ExportError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        with Stages(options.progress) as stages:
-            result = _export_into(source, work, out, options, stages)
+        with Stages(progress) as stages:
+            result = build(work, stages)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         work.rename(out)
@@ -371,10 +379,13 @@ def _variant_plan(options: ExportOptions) -> List[Tuple[str, str]]:
     return plan
 
 
-def _remove_variant_files(work: Path, file: str) -> None:
+def remove_variant_files(work: Path, file: str) -> None:
+    """A variant's file and its weights beside it (IR .bin; ONNX external data as .onnx.data or optimum's .onnx_data)."""
     path = work / file
-    for leftover in (path, path.with_suffix(".bin") if path.suffix == ".xml" else None, path.with_name(path.name + ".data")):
-        if leftover is not None and leftover.exists():
+    beside = [path.with_suffix(".bin")] if path.suffix == ".xml" else [path.with_name(path.name + ".data"),
+                                                                        path.with_name(path.name + "_data")]
+    for leftover in (path, *beside):
+        if leftover.exists():
             leftover.unlink()
 
 
@@ -405,7 +416,7 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                                            DEFAULT_BUDGETS[precision], logits, batched)
         except Exception as exc:  # a tool's failure costs this variant, not the export
             message = one_line(exc)
-            _remove_variant_files(work, file)
+            remove_variant_files(work, file)
             if (fmt, precision) == ("onnx", "fp32"):
                 raise ExportError(f"the fp32 ONNX model cannot run on ONNX Runtime: {message}") from None
             variants.append({**entry, "file": None, "status": "failed", "error": message, "within_budget": False})
@@ -419,12 +430,12 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
             entry["problems"] = missed
             problems.extend(f"{fmt} {precision} ({file}): {line}" for line in missed)
             if not options.allow_out_of_budget and (fmt, precision) != ("onnx", "fp32"):
-                _remove_variant_files(work, file)
+                remove_variant_files(work, file)
                 entry["file"] = None
         variants.append(entry)
     if "onnx" not in options.formats:
         # The fp32 ONNX was only the stepping stone to the IR.
-        _remove_variant_files(work, FILES["onnx", "fp32"])
+        remove_variant_files(work, FILES["onnx", "fp32"])
         variants = [v for v in variants if v["format"] != "onnx"]
     _decide(variants, problems, options)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -284,29 +283,17 @@ def _build(work: Path, fmt: str, precision: str) -> dict:
 
 
 def export_generative(source, out_dir, options: Optional[GenerativeOptions] = None) -> GenerativeResult:
+    from portable_ep.exporters.bundle import write_bundle
+
     options = options or GenerativeOptions()
     plan = _plan(options)
     source = Path(source).resolve()
-    out = Path(out_dir).resolve()
-    if (out.is_file() or (out.is_dir() and any(out.iterdir()))) and not options.overwrite:
-        raise ExportError(f"{out} already exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        with Stages(options.progress) as stages:
-            result = _export_into(source, work, plan, options, stages)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        work.rename(out)
-        result.bundle = out
-        return result
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+    return write_bundle(Path(out_dir).resolve(), options.overwrite, options.progress,
+                        lambda work, stages: _export_into(source, work, plan, options, stages))
 
 
 def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, stages: Stages) -> GenerativeResult:
-    from portable_ep.exporters.bundle import bundle_file_sums
+    from portable_ep.exporters.bundle import bundle_file_sums, remove_variant_files
     from portable_ep.exporters.verify import RUNTIME_OF_FORMAT, variant_session
     from portable_ep.generation.tokenizer import BundleTokenizer
 
@@ -340,7 +327,7 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
                 accuracy["runtime"] = f"{RUNTIME_OF_FORMAT[fmt]} provider"
         except Exception as exc:  # noqa: BLE001 - a tool's failure costs this variant, not the export
             message = one_line(exc)
-            _remove(work, file)
+            remove_variant_files(work, file)
             if (fmt, precision) == ("onnx", "fp32"):
                 raise ExportError(f"the fp32 decoder cannot run on ONNX Runtime: {message}") from None
             variants.append({**entry, "file": None, "status": "failed", "error": message, "within_budget": False})
@@ -353,13 +340,13 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
             entry["problems"] = missed
             problems.extend(f"{fmt} {precision} ({file}): {line}" for line in missed)
             if not options.allow_out_of_budget and (fmt, precision) != ("onnx", "fp32"):
-                _remove(work, file)
+                remove_variant_files(work, file)
                 entry["file"] = None
         variants.append(entry)
     _decide(variants, problems, options)
     if "onnx" not in options.formats:
         # The fp32 ONNX was the stepping stone to the IR (as in exporters/bundle.py): not shipped.
-        _remove(work, FILES["onnx", "fp32"])
+        remove_variant_files(work, FILES["onnx", "fp32"])
         variants = [v for v in variants if v["format"] != "onnx"]
     manifest = {
         "name": options.name or (source.stem if source.suffix.lower() == ".gguf" else source.name),
@@ -369,14 +356,6 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
     manifest["files"] = bundle_file_sums(work, variants)
     write_manifest(work, manifest)
     return GenerativeResult(work, manifest, problems)
-
-
-def _remove(work: Path, file: str) -> None:
-    path = work / file
-    external = path.with_name(path.name + "_data")  # optimum's name for weights over 2 GB (model.onnx_data)
-    for leftover in (path, path.with_suffix(".bin") if path.suffix == ".xml" else external):
-        if leftover is not None and leftover.exists():
-            leftover.unlink()
 
 
 def _decide(variants: List[dict], problems: List[str], options: GenerativeOptions) -> None:

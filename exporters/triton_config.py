@@ -32,6 +32,18 @@ class TensorDecl:
     dims: Tuple[int, ...]  # without the batch dimension; -1 = any size
 
 
+def _set_parameters(config, providers: Optional[str], precision: Optional[str],
+                    parameters: Optional[Mapping[str, str]]) -> None:
+    """The backend's config.pbtxt parameters: the chain, the precision, and any others given."""
+    params: Dict[str, str] = dict(parameters or {})
+    if providers:
+        params["providers"] = providers
+    if precision:
+        params["precision"] = precision
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+
+
 def build_model_config(
     name: str,
     inputs: Sequence[TensorDecl],
@@ -60,13 +72,7 @@ def build_model_config(
         config.dynamic_batching.max_queue_delay_microseconds = dynamic_batching_delay_us
     # KIND_GPU gives each instance a device id the cuda provider honours.
     config.instance_group.add(count=instances, kind=pb2.ModelInstanceGroup.Kind.Value(instance_kind))
-    params: Dict[str, str] = dict(parameters or {})
-    if providers:
-        params["providers"] = providers
-    if precision:
-        params["precision"] = precision
-    for key, value in params.items():
-        config.parameters[key].string_value = value
+    _set_parameters(config, providers, precision, parameters)
     return config
 
 
@@ -96,13 +102,7 @@ def build_generation_config(
         config.input.add(name=input_name, data_type=pb2.DataType.Value(data_type), dims=[1], optional=optional)
     config.output.add(name=GENERATION_OUTPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[-1])
     config.instance_group.add(count=1, kind=pb2.ModelInstanceGroup.Kind.Value(instance_kind))
-    params: Dict[str, str] = dict(parameters or {})
-    if providers:
-        params["providers"] = providers
-    if precision:
-        params["precision"] = precision
-    for key, value in params.items():
-        config.parameters[key].string_value = value
+    _set_parameters(config, providers, precision, parameters)
     return config
 
 

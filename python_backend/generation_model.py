@@ -25,7 +25,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable
 
 import numpy as np
 
@@ -58,29 +58,17 @@ def is_generative(version_dir: Path) -> bool:
         return False  # the ordinary loader reports a broken manifest
 
 
-def _int_parameter(config: ServingConfig, key: str, default: Optional[int], minimum: int) -> Optional[int]:
+def _number_parameter(config: ServingConfig, key: str, default, parse: Callable, valid: Callable, wanted: str):
+    """A numeric config.pbtxt parameter, or ``default`` when absent; anything else fails the load naming it."""
     value = config.parameters.get(key, "")
     if value == "":
         return default
     try:
-        number = int(value)
+        number = parse(value)
     except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise ModelConfigError(f"model {config.name!r}: parameter {key}={value!r} must be an integer >= {minimum}")
-    return number
-
-
-def _positive_float(config: ServingConfig, key: str, default: float) -> float:
-    value = config.parameters.get(key, "")
-    if value == "":
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0:
-        raise ModelConfigError(f"model {config.name!r}: parameter {key}={value!r} must be a number > 0")
+        number = None
+    if number is None or not valid(number):
+        raise ModelConfigError(f"model {config.name!r}: parameter {key}={value!r} must be {wanted}")
     return number
 
 
@@ -102,9 +90,10 @@ def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0,
         raise ModelConfigError(
             f"model {config.name!r} is generative: its config.pbtxt needs model_transaction_policy {{ decoupled: true }} "
             "(`portable-ep repo add` writes it)")
-    kv_mb = _positive_float(config, "generation.kv_cache_mb", DEFAULT_KV_CACHE_MB)
-    max_batch = _int_parameter(config, "generation.max_batch", DEFAULT_MAX_BATCH, 1)
-    max_context = _int_parameter(config, "generation.max_context", None, 2)
+    kv_mb = _number_parameter(config, "generation.kv_cache_mb", DEFAULT_KV_CACHE_MB, float, lambda n: n > 0, "a number > 0")
+    max_batch = _number_parameter(config, "generation.max_batch", DEFAULT_MAX_BATCH, int, lambda n: n >= 1,
+                                  "an integer >= 1")
+    max_context = _number_parameter(config, "generation.max_context", None, int, lambda n: n >= 2, "an integer >= 2")
     resolved = resolve_session(config, version_dir, device_id, registry)
     session = resolved.resolution.session
     try:
