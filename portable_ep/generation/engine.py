@@ -72,10 +72,6 @@ class _Sequence:
         self.pending_ids: List[int] = []  # tokens whose text is not handed out yet
         self.finish: Optional[str] = None
 
-    @property
-    def history(self) -> List[int]:
-        return self.request.prompt_ids + self.generated
-
 
 class GenerationEngine:
     def __init__(self, decoder: Decoder, tokenizer: BundleTokenizer, eos_ids: Sequence[int], limits: EngineLimits,
@@ -246,7 +242,7 @@ class GenerationEngine:
         params = seq.params
         early = len(seq.generated) < params.min_tokens
         banned = (*self.eos_ids, *params.stop_token_ids) if early else ()
-        token = seq.sampler(logits, seq.history, banned, seq.generated)
+        token = seq.sampler(logits, seq.request.prompt_ids, banned, seq.generated)
         seq.generated.append(token)
         self.tokens += 1
         if not params.ignore_eos and token in self.eos_ids or token in params.stop_token_ids:

@@ -156,9 +156,9 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def __call__(self, logits: np.ndarray, history: Sequence[int], banned: Sequence[int] = (),
+    def __call__(self, logits: np.ndarray, prompt: Sequence[int], banned: Sequence[int] = (),
                  generated: Sequence[int] = ()) -> int:
-        """``history``: prompt and output (repetition penalty); ``generated``: output only (presence/frequency, as vLLM)."""
+        """Repetition penalty over prompt and output; presence/frequency over the output only (as vLLM)."""
         p = self.params
         logits = np.asarray(logits, np.float64)
         vocab = logits.shape[0]
@@ -167,7 +167,8 @@ class Sampler:
             banned = [t for t in banned if 0 <= t < vocab]
             if banned:  # end-of-sequence tokens before min_tokens
                 logits[banned] = -np.inf
-            if p.repetition_penalty != 1.0 and len(history):
+            history = [*prompt, *generated] if p.repetition_penalty != 1.0 else []  # built only when used
+            if history:
                 seen = np.bincount(np.asarray(history, np.int64), minlength=vocab)[:vocab] > 0
                 logits[seen] = np.where(logits[seen] > 0, logits[seen] / p.repetition_penalty,
                                         logits[seen] * p.repetition_penalty)

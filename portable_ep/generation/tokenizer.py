@@ -41,25 +41,36 @@ class IncrementalDetokenizer:
     """Text deltas of a growing token sequence, holding back an unfinished UTF-8 character.
 
     Byte-level BPE splits multi-byte characters over tokens; decoding such a prefix ends
-    in U+FFFD, which must not be streamed and then taken back.
+    in U+FFFD, which must not be streamed and then taken back. Each step decodes only a
+    window of the newest tokens (vLLM's prefix/read offsets), not the whole answer, so a
+    long answer costs the same per token as a short one. Both decodes of a step start at
+    the same token, so a decoder that treats the first token specially (a leading space)
+    does so in both and the difference is the true delta.
     """
 
     def __init__(self, tokenizer: BundleTokenizer, skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.ids: List[int] = []
-        self.text = ""  # text emitted so far
+        self._prefix = 0  # window start
+        self._read = 0  # tokens whose text is handed out
+
+    def _delta(self) -> tuple:
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix:self._read], self.skip_special_tokens)
+        after = decode(self.ids[self._prefix:], self.skip_special_tokens)
+        return before, after
 
     def add(self, token: int) -> str:
         self.ids.append(token)
-        full = self.tokenizer.decode(self.ids, self.skip_special_tokens)
-        if full.endswith("\ufffd") or not full.startswith(self.text):
+        before, after = self._delta()
+        if after.endswith("\ufffd") or len(after) <= len(before) or not after.startswith(before):
             return ""
-        delta, self.text = full[len(self.text):], full
-        return delta
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before):]
 
     def flush(self) -> str:
         """Whatever was held back (an incomplete character at the very end stays as U+FFFD)."""
-        full = self.tokenizer.decode(self.ids, self.skip_special_tokens)
-        delta, self.text = (full[len(self.text):] if full.startswith(self.text) else ""), full
-        return delta
+        before, after = self._delta()
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before):] if after.startswith(before) else ""

@@ -261,10 +261,10 @@ def test_a_request_the_sampler_cannot_serve_fails_alone_and_the_engine_goes_on(t
     engine = _engine(folder)
     broken = Sampler.__call__
 
-    def failing(self, logits, history, banned=(), generated=()):
+    def failing(self, logits, prompt, banned=(), generated=()):
         if self.params.seed == 13:
             raise ValueError("probabilities contain NaN")
-        return broken(self, logits, history, banned, generated)
+        return broken(self, logits, prompt, banned, generated)
     good_out, good_done, good_cb = _collect()
     bad_out, bad_done, bad_cb = _collect()
     try:
