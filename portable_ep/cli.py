@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         "answer streamed token by token, each checked (greedy tokens vs transformers, TTFT, inter-token latency, "
         "tokens/s). Exits 1 when a served model misses its precision's budget.",
     )
-    demo.add_argument("--output", metavar="DIR", help="where to write the model and repository (default: a temp dir)")
+    demo.add_argument("--output", metavar="DIR", help="where to write the bundles, repository and check reports; an earlier demo run's output there is replaced (default: ./demo-output)")
     demo.set_defaults(handler=_cmd_demo)
 
     corpus = verbs.add_parser(

@@ -17,7 +17,7 @@ Exits 1 when any served model misses its precision's budget or fails its check.
 """
 from __future__ import annotations
 
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -126,10 +126,33 @@ def run_checks(server, repository: Path, out: Path, console) -> int:
     return worst
 
 
+DEFAULT_OUTPUT = Path("demo-output")
+# Written by the demo into its output folder; only a folder carrying it is emptied on the next run.
+OUTPUT_MARKER = ".portable-ep-demo"
+
+
+def prepare_output(output_dir: Optional[str]) -> Path:
+    """The demo's folder, emptied of a previous demo run's files.
+
+    A run writes ~10 GB (the SmolLM2 variants, the repository, the reports); a fresh temp dir per
+    run filled the disk after a few runs, so every run reuses one folder (default ./demo-output).
+    A folder that holds anything but an earlier demo's output is refused rather than emptied.
+    """
+    workdir = Path(output_dir) if output_dir else DEFAULT_OUTPUT
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / OUTPUT_MARKER).exists():
+            raise FileExistsError(f"{workdir} is not empty and was not written by `portable-ep demo`; "
+                                  "name an empty or new folder with --output")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / OUTPUT_MARKER).write_text("written by `portable-ep demo`; emptied by its next run\n")
+    return workdir
+
+
 def run_demo(output_dir: Optional[str] = None) -> int:
     console = make_console()
-    workdir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="portable-ep-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare_output(output_dir)
+    console.print(f"output: {workdir.resolve()} (replaced by the next run)")
     repository = build_demo_repository(workdir, console)
     console.print("[bold]3. serve[/] with the bundled tritonserver and the portable_ep backend")
     with console.status("starting tritonserver"):
@@ -161,6 +184,7 @@ def run_demo(output_dir: Optional[str] = None) -> int:
         all_ok &= run_checks(server, repository, workdir / "check", console) == 0
     finally:
         server.stop()
+    console.print(f"bundles, repository and check reports: {workdir.resolve()}")
     console.print(f"[{'green' if all_ok else 'red'}]{'PASS' if all_ok else 'FAIL'}[/]: every served model "
                   f"{'is' if all_ok else 'is not'} within its precision's budget")
     return 0 if all_ok else 1

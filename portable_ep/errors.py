@@ -7,4 +7,4 @@ from portable_ep.triton_install import TritonNotFound
 from portable_ep.triton_process import TritonServerError
 
 USER_ERRORS = (TritonNotFound, TritonServerError, BackendInstallError, ModelFilesNotFound, ExportError, FileNotFoundError,
-               SupervisorError)
+               FileExistsError, SupervisorError)
