@@ -25,6 +25,8 @@ examples:
   portable-ep doctor                                 which providers can run here, and why not
   portable-ep images matrix --targets cpu,openvino,npu
                                                      build each target's image, check it, merge the matrix
+  portable-ep deploy render --target openvino --out deploy/openvino
+                                                     Kubernetes manifests for that image (--flavor kserve)
 
 A model is served by portable-ep when its config.pbtxt says backend: "portable_ep".
 Its parameters choose the provider chain and precision, e.g.
@@ -471,9 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "$PORTABLE_EP_CORPUS_CACHE)")
     corpus.set_defaults(handler=_cmd_corpus)
 
+    from portable_ep.deploy.commands import add_deploy_parser
     from portable_ep.images.commands import add_images_parser
 
     add_images_parser(verbs)
+    add_deploy_parser(verbs)
 
     doctor = verbs.add_parser("doctor", help="probe this machine: CPU features, providers usable and why not")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from portable_ep.images.matrix import (BUILT, MatrixOptions, TargetResult, build_one, existing_image, exit_code,
+from portable_ep.images.matrix import (BUILT, PASS, MatrixOptions, TargetResult, build_one, existing_image, exit_code,
                                        test_one, timings_markdown, write_matrix)
 from portable_ep.images.targets import default_images_dir, load_targets, parse_overrides, select
 
@@ -33,6 +33,7 @@ def run_images(action: str, args) -> int:
         f"(Docker {client.version().get('Version')}, storage {client.info().get('Driver')})")
 
     results: List[TargetResult] = []
+    repository = None
     for target in targets:
         if action == "test":
             results.append(existing_image(client, target, options.version))
@@ -51,13 +52,47 @@ def run_images(action: str, args) -> int:
                 log(f"== {target.name}: run and check")
                 test_one(client, target, result, repository, options, log)
 
+    pod_checks = []
+    if action in ("test", "matrix") and not args.no_pod_spec:
+        pod_checks = check_pod_specs(client, targets, results, repository, options)
+
     text = write_matrix(results, options.out)
+    if pod_checks:
+        text += "\n\n" + pod_spec_markdown(pod_checks)
+        (options.out / "images-matrix.md").write_text(text + "\n" + timings_markdown(results))
     print()
     print(text)
     print(timings_markdown(results))
     log(f"images {action}: {time.monotonic() - started:.0f} s in all; reports in {options.out} "
         f"(images-matrix.md, matrix/matrix.png, <target>/<model>/report.*)")
-    return exit_code(results, required)
+    return max(exit_code(results, required), 0 if all(c.ok for c in pod_checks) else 1)
+
+
+def check_pod_specs(client, targets, results, repository, options) -> list:
+    """`deploy render --flavor kubernetes` run as a pod: for every target that passed on its own hardware.
+
+    Where the hardware is absent the image test above already ran the fallback; the rendered spec
+    would only repeat it, so those targets are not run again.
+    """
+    from portable_ep.deploy.pod_run import check_rendered_pod
+
+    checks = []
+    for target, result in zip(targets, results):
+        if result.status != PASS or repository is None:
+            continue
+        log(f"== {target.name}: the rendered Kubernetes pod spec, run with Docker")
+        started = time.monotonic()
+        check = check_rendered_pod(client, target, repository, options.out / target.name / "pod-spec", options.version, log)
+        log(f"pod spec {target.name}: {'pass' if check.ok else 'FAIL'} in {time.monotonic() - started:.0f} s: "
+            f"{check.detail.splitlines()[0]}")
+        checks.append(check)
+    return checks
+
+
+def pod_spec_markdown(checks) -> str:
+    lines = ["| rendered pod spec (deploy render --flavor kubernetes) | result | detail |", "|---|---|---|"]
+    lines += [f"| {c.target} | {'pass' if c.ok else 'FAIL'} | {c.detail.splitlines()[0]} |" for c in checks]
+    return "\n".join(lines)
 
 
 def add_images_parser(verbs) -> None:
@@ -75,6 +110,8 @@ def add_images_parser(verbs) -> None:
     images.add_argument("--require", help="targets that must be built and checked, else exit 1 (default: none)")
     images.add_argument("--base", action="append", default=[], metavar="TARGET=IMAGE",
                         help="override a target's BASE_IMAGE build argument, repeatable")
+    images.add_argument("--no-pod-spec", action="store_true", help="skip running the rendered Kubernetes pod spec "
+                        "(deploy render) of each target that passed on its own hardware")
     images.add_argument("--no-download", action="store_true", help="never run pip download: use the wheelhouse as it is (air-gapped)")
     images.add_argument("--concurrency", default="1,4,16", help="check concurrency levels (default: %(default)s)")
     images.add_argument("--requests", type=int, default=200, help="check requests per level (default: %(default)s)")

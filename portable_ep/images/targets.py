@@ -37,6 +37,8 @@ class Target:
     devices: List[str] = field(default_factory=list)
     runner: List[str] = field(default_factory=list)
     p99_ms_at_1: Optional[float] = None
+    kube_resource: Optional[str] = None
+    kube_preferred_labels: List[str] = field(default_factory=list)
 
     @property
     def local_base(self) -> bool:
@@ -67,7 +69,7 @@ def _target(name: str, entry: dict, images_dir: Path) -> Target:
         raise TargetsError(f"target {name!r}: {dockerfile} does not exist")
     if entry["provider"] not in [p.strip() for p in entry["providers"].split(",")]:
         raise TargetsError(f"target {name!r}: provider {entry['provider']!r} is not in its chain {entry['providers']!r}")
-    for key in ("extras", "models", "devices", "runner"):
+    for key in ("extras", "models", "devices", "runner", "kube_preferred_labels"):
         if key in entry and not (isinstance(entry[key], list) and all(isinstance(v, str) for v in entry[key])):
             raise TargetsError(f"target {name!r}: {key} must be a list of strings")
     if not entry["models"]:
