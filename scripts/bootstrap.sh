@@ -14,11 +14,14 @@ need_apt=()
 [ -x "$SYSTEM_PYTHON" ] || need_apt+=(python3.11)
 "$SYSTEM_PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3.11-venv)
 ldconfig -p 2>/dev/null | grep -q 'libpython3.11.so.1.0' || need_apt+=(libpython3.11)
+# The tests run a real Prometheus (the autoscaling signal) and promtool (the rendered rules).
+# Without systemd its package installs without starting a service.
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! command -v promtool >/dev/null; then need_apt+=(prometheus); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "bootstrap: installing ${need_apt[*]} (Debian packages the Triton python stub needs)"
+  echo "bootstrap: installing ${need_apt[*]} (Debian packages: the Triton python stub's, the tests' prometheus)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.base_prefix != "/usr")'; then
