@@ -117,10 +117,16 @@ def build_one(client, target: Target, options: MatrixOptions, project_dir: Path,
 
 def test_one(client, target: Target, result: TargetResult, repository: Path, options: MatrixOptions,
              log: Callable[[str], None]) -> TargetResult:
-    from portable_ep.images.run import ContainerFailed, check_models, container_options, wait_ready
+    from portable_ep.images.run import ContainerFailed, check_models, container_options, cuda_libraries_check, wait_ready
     from portable_ep.triton_process import free_port
 
     hardware = result.hardware = probe_hardware(target)
+    if target.gpus:
+        complete, line = cuda_libraries_check(client, result.image)
+        log(f"run {target.name}: {line}")
+        if not complete:
+            result.status, result.detail = FAIL, line
+            return result
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     out = options.out / target.name
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -72,6 +72,23 @@ def container_options(target: Target, hardware: Hardware, repository: Path, port
         options["devices"] = [f"{d}:{d}:rwm" for d in target.devices]
         options["group_add"] = _device_groups(target.devices)
     return options
+
+
+def cuda_libraries_check(client, image: str):
+    """(complete?, the check's line): do the CUDA EP's libraries resolve inside the image?
+
+    Runs everywhere, GPU or not, so an image missing a CUDA or cuDNN library fails here rather
+    than on the first GPU host (portable_ep/backends/cuda_libraries.py).
+    """
+    import docker
+
+    try:
+        output = client.containers.run(image, entrypoint=["python3", "-m", "portable_ep.backends.cuda_libraries"],
+                                       remove=True, stdout=True, stderr=True)
+        return True, output.decode(errors="replace").strip()
+    except docker.errors.ContainerError as exc:
+        text = (exc.stderr or b"").decode(errors="replace").strip() if isinstance(exc.stderr, bytes) else str(exc)
+        return False, text.splitlines()[-1] if text else str(exc)
 
 
 def _ready(ports: dict) -> bool:

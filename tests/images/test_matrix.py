@@ -99,9 +99,9 @@ class NoRegistry:
 
 def test_a_base_that_cannot_be_pulled_is_not_built_with_the_reason(tmp_path):
     options = MatrixOptions(out=tmp_path / "out", cache=tmp_path / "cache", version="0.1.0")
-    result = matrix.build_one(NoRegistry(), TARGETS["cuda"], options, Path("."), log=lambda line: None)
+    result = matrix.build_one(NoRegistry(), TARGETS["rocm"], options, Path("."), log=lambda line: None)
     assert result.status == NOT_BUILT
-    assert result.detail == "base image nvcr.io/nvidia/tritonserver:24.10-py3 cannot be pulled: no registry reachable (name lookup failed)"
+    assert result.detail == "base image rocm/dev-ubuntu-22.04:6.4.1 cannot be pulled: no registry reachable (name lookup failed)"
 
 
 def test_base_overrides_replace_the_default(tmp_path):
@@ -137,7 +137,7 @@ def test_build_progress_and_failure():
 
 
 def test_wheelhouse_targets_the_images_python_not_the_hosts():
-    args = platform_args(TARGETS["cuda"])
+    args = platform_args(TARGETS["rocm"])
     assert args[:3] == ["--only-binary=:all:", "--python-version", "3.10"]
     assert "cp310" in args and "manylinux_2_35_x86_64" in args and "manylinux_2_36_x86_64" not in args
     assert "manylinux2014_x86_64" in args
