@@ -6,15 +6,20 @@ fields (``attribute_map``) and their types (``openapi_types``); embedded Kuberne
 (V1Container, V1Volume, ...) come from the kubernetes client the SDK depends on. Walking a document
 against them rejects unknown fields and wrong JSON types at any depth, as the CRD's structural
 schema would on `kubectl apply`.
+
+The walk runs in a child interpreter (`kserve_problems_many`): importing the kserve package
+registers KServe's own copy of the `inference` gRPC protos, and tritonclient's identical ones
+then fail to load ("duplicate symbol 'inference.ServerLiveRequest'") in the same process.
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from typing import Any, List
 
-import kubernetes.client
 import kubernetes_validate
-import kserve.models
 
 KSERVE_KINDS = {("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "V1alpha1ClusterServingRuntime",
                 ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
@@ -24,6 +29,9 @@ PRIMITIVES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool
 
 
 def _model_class(name: str):
+    import kserve.models  # only in the child interpreter (see the module docstring)
+    import kubernetes.client
+
     for module in (kserve.models, kubernetes.client):
         cls = getattr(module, name, None)
         if cls is not None:
@@ -68,7 +76,17 @@ def _walk(value: Any, type_name: str, path: str, problems: List[str]) -> None:
             _walk(item, cls.openapi_types[json_to_attr[key]], f"{path}.{key}", problems)
 
 
+def kserve_problems_many(documents: List[dict]) -> List[List[str]]:
+    """The problems of each KServe document, found in one child interpreter."""
+    result = subprocess.run([sys.executable, __file__], input=json.dumps(documents), capture_output=True, text=True,
+                            timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"the KServe schema walk failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout)
+
+
 def kserve_problems(document: dict) -> List[str]:
+    """In this interpreter: for the child process only."""
     key = (document.get("apiVersion"), document.get("kind"))
     if key not in KSERVE_KINDS:
         return [f"not a KServe kind: {key}"]
@@ -83,3 +101,7 @@ def kubernetes_problems(document: dict, version: str) -> List[str]:
     except kubernetes_validate.ValidationError as exc:
         return [f"{document['kind']}: {'.'.join(str(p) for p in exc.path)}: {exc.message}"]
     return []
+
+
+if __name__ == "__main__":
+    print(json.dumps([kserve_problems(document) for document in json.load(sys.stdin)]))

@@ -16,7 +16,7 @@ from portable_ep.deploy.render import DeployOptions, render_documents
 from portable_ep.images.targets import load_targets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from manifest_schemas import kserve_problems, kubernetes_problems  # noqa: E402
+from manifest_schemas import kserve_problems_many, kubernetes_problems  # noqa: E402
 
 TARGETS = load_targets()
 # The oldest Kubernetes a maintained cluster runs today and the newest the schemas know.
@@ -56,15 +56,24 @@ def test_kubernetes_flavor_is_valid_for_kubernetes_schemas(target, variant):
         assert not problems, f"{target}/{variant} on Kubernetes {version}: {problems}"
 
 
+@pytest.fixture(scope="module")
+def kserve_verdicts():
+    """Every target × KServe variant, walked against KServe's SDK models in one child interpreter."""
+    keys = [(t, v) for t in sorted(TARGETS) for v in KSERVE_VARIANTS]
+    documents = {key: _render(key[0], "kserve", **KSERVE_VARIANTS[key[1]]) for key in keys}
+    flat = [d for key in keys for d in documents[key]]
+    problems = iter(kserve_problems_many(flat))
+    return {key: (documents[key], [next(problems) for _ in documents[key]]) for key in keys}
+
+
 @pytest.mark.parametrize("variant", KSERVE_VARIANTS)
 @pytest.mark.parametrize("target", sorted(TARGETS))
-def test_kserve_flavor_is_valid_for_kserve_models(target, variant):
-    documents = _render(target, "kserve", **KSERVE_VARIANTS[variant])
+def test_kserve_flavor_is_valid_for_kserve_models(target, variant, kserve_verdicts):
+    documents, problems = kserve_verdicts[(target, variant)]
     assert [d["kind"] for d in documents] == ["ClusterServingRuntime", "InferenceService"]
-    for document in documents:
-        assert kserve_problems(document) == []
-        # The runtime's pod settings embed Kubernetes types: validate its container strictly too,
-        # by wrapping it in a Pod (kubernetes-validate validates whole objects).
+    assert problems == [[], []]
+    # The runtime's pod settings embed Kubernetes types: validate its container strictly too,
+    # by wrapping it in a Pod (kubernetes-validate validates whole objects).
     runtime = documents[0]["spec"]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"},
            "spec": {"containers": runtime["containers"], "volumes": runtime["volumes"],
@@ -79,9 +88,10 @@ def test_validators_reject_an_unknown_or_mistyped_field():
     assert kubernetes_problems(deployment, "1.37.0")
     runtime, service = (copy.deepcopy(d) for d in _render("cuda", "kserve"))
     runtime["spec"]["containers"][0]["resorces"] = {}
-    assert any("resorces: unknown field" in p for p in kserve_problems(runtime))
     service["spec"]["predictor"]["minReplicas"] = "1"
-    assert any("minReplicas: expected int" in p for p in kserve_problems(service))
+    runtime_problems, service_problems = kserve_problems_many([runtime, service])
+    assert any("resorces: unknown field" in p for p in runtime_problems)
+    assert any("minReplicas: expected int" in p for p in service_problems)
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
