@@ -13,10 +13,14 @@ SYSTEM_PYTHON="${SYSTEM_PYTHON:-/usr/bin/python3.11}"
 need_apt=()
 [ -x "$SYSTEM_PYTHON" ] || need_apt+=(python3.11)
 "$SYSTEM_PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3.11-venv)
-ldconfig -p 2>/dev/null | grep -q 'libpython3.11.so.1.0' || need_apt+=(libpython3.11)
+# Not grep -q: it exits at the first match, ldconfig then dies of SIGPIPE and pipefail fails the check.
+ldconfig -p 2>/dev/null | grep 'libpython3.11.so.1.0' >/dev/null || need_apt+=(libpython3.11)
 # The tests run a real Prometheus (the autoscaling signal) and promtool (the rendered rules).
-# Without systemd its package installs without starting a service.
-if [[ ",$EXTRAS," == *",dev,"* ]] && ! command -v promtool >/dev/null; then need_apt+=(prometheus); fi
+# Its postinst starts the packaged service (init.d, or systemd where it runs) unless policy-rc.d
+# forbids it, as Docker's Debian images do (exit 101); the tests use their own ports either way.
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! { command -v prometheus && command -v promtool; } >/dev/null; then
+  need_apt+=(prometheus)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} (Debian packages: the Triton python stub's, the tests' prometheus)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
