@@ -37,6 +37,8 @@ class Variant:
     # None for a plain model file, else what the exporter measured against the golden outputs.
     within_budget: Optional[bool] = None
     accuracy: dict = field(default_factory=dict, compare=False, hash=False)
+    #: How an int8 variant was quantized (manifest "quantization": static-qdq, dynamic, dynamic-fused, ...).
+    quantization: str = field(default="", compare=False)
 
     def describe(self) -> str:
         return f"{self.format} {self.precision} ({self.path.name})"
@@ -115,7 +117,8 @@ def _variants_from_manifest(root: Path, manifest: dict) -> Tuple[Variant, ...]:
             raise ModelFilesNotFound(f"{root / MANIFEST_NAME} lists {file} but the bundle has no such file; copy the whole bundle")
         if fmt == "openvino" and not path.with_suffix(".bin").is_file():
             raise ModelFilesNotFound(f"{path} has no {path.with_suffix('.bin').name} beside it; copy the whole bundle")
-        variants.append(Variant(fmt, precision, path, entry.get("within_budget"), entry.get("accuracy") or {}))
+        variants.append(Variant(fmt, precision, path, entry.get("within_budget"), entry.get("accuracy") or {},
+                                entry.get("quantization") or ""))
     if not variants:
         raise ModelFilesNotFound(f"{root / MANIFEST_NAME} lists no variant that export could build; re-export the model")
     return tuple(variants)

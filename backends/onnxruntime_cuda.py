@@ -131,6 +131,13 @@ class OnnxRuntimeCudaProvider(Provider):
         variant = select_variant(self.name, request, self.variant_formats, request.precision)
         ort = import_onnxruntime(self.name, INSTALL_HINT)
         use_tensorrt = tensorrt_requested(request.options)
+        if use_tensorrt and request.precision == "int8" and variant.quantization.startswith("dynamic"):
+            # TensorRT builds int8 engines from QDQ scales; dynamic int8 (MatMulInteger, QAttention)
+            # has none, and ORT would hand those nodes back to the CPU.
+            raise ProviderUnavailable(
+                f"TensorRT int8 needs a static (QDQ) int8 ONNX variant; this bundle's is {variant.quantization} "
+                "(the CPU recipe); re-export with --int8-mode static, or serve precision fp16 on TensorRT"
+            )
         if use_tensorrt and "TensorrtExecutionProvider" not in ort.get_available_providers():
             raise ProviderUnavailable(
                 f"package missing: cuda.tensorrt is set but this onnxruntime {ort.__version__} build has no "

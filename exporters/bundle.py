@@ -33,7 +33,7 @@ from portable_ep.exporters.verify import measure, run_variant, variant_session
 from portable_ep.python_backend.request_limits import ROBERTA_POSITION_OFFSET, limits_from_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
-INT8_MODES = ("static", "dynamic")
+INT8_MODES = ("auto", "static", "dynamic")
 FILES = {
     ("onnx", "fp32"): "model.onnx",
     ("onnx", "fp16"): "model.fp16.onnx",
@@ -60,7 +60,9 @@ class ExportOptions:
     # 32: with 16, one flipped sample already puts top-1 agreement (0.9375) under the int8 budget of 0.95.
     reference_samples: int = 32
     sequence_length: int = 128
-    int8_mode: str = "static"
+    # auto: transformer fusions + dynamic int8 for BERT-like encoders (static QDQ where that fails
+    # or misses the budget), static QDQ for everything else.
+    int8_mode: str = "auto"
     allow_out_of_budget: bool = False
     overwrite: bool = False
     seed: int = 0
@@ -76,7 +78,7 @@ class ExportOptions:
         if unknown:
             raise ExportError(f"unknown format(s) {', '.join(unknown)}; export writes {', '.join(FORMATS)}")
         if self.int8_mode not in INT8_MODES:
-            raise ExportError(f"unknown int8 mode {self.int8_mode!r}; choose {' or '.join(INT8_MODES)}")
+            raise ExportError(f"unknown int8 mode {self.int8_mode!r}; choose {', '.join(INT8_MODES)}")
         if self.opset is not None and self.opset not in onnx_variants.HF_OPSETS:
             r = onnx_variants.HF_OPSETS
             raise ExportError(f"opset {self.opset} is not supported for export from PyTorch; choose {r.start}..{r.stop - 1}")
@@ -267,6 +269,31 @@ class _Exporter:
     def is_transformer(self) -> bool:
         return any(s.dtype.kind in "iu" for s in self.signature.inputs)
 
+    def int8_onnx(self, base: Path, dest: Path, calibration: Feeds, mode: str) -> dict:
+        """The int8 ONNX variant by ``mode`` (ExportOptions.int8_mode); returns its manifest fields."""
+        skipped = None
+        if mode == "dynamic" or (mode == "auto" and self.is_transformer()):
+            try:
+                with self.stages.stage("int8 ONNX (transformer fusions + dynamic)"):
+                    fields = onnx_variants.quantize_dynamic_fused(base, dest)
+                return {"quantization": "dynamic-fused", **fields}
+            except Exception as exc:  # the optimizer or quantizer on an unusual graph: the plain recipes still work
+                remove_variant_files(self.work, dest.name)
+                skipped = f"fused dynamic int8 not built: {one_line(exc)}"
+            if mode == "dynamic":
+                with self.stages.stage("int8 ONNX (dynamic)"):
+                    onnx_variants.quantize_dynamic_int8(base, dest)
+                return {"quantization": "dynamic", "note": skipped}
+        n = rows(calibration)
+        fields: dict = {}
+        with self.stages.stage("int8 ONNX (static QDQ, calibrating)", total=n) as stage:
+            fields.update(onnx_variants.quantize_static_qdq(base, dest, calibration, on_batch=stage.advance,
+                                                            batched=self.signature.batched))
+        fields.update(quantization="static-qdq", calibration_samples=n)
+        if skipped:
+            fields["note"] = skipped
+        return fields
+
     def build(self, fmt: str, precision: str, calibration: Feeds) -> dict:
         base = self.work / FILES["onnx", "fp32"]
         dest = self.work / FILES[fmt, precision]
@@ -275,15 +302,8 @@ class _Exporter:
         if fmt == "onnx" and precision == "fp16":
             with self.stages.stage("fp16 ONNX"):
                 onnx_variants.convert_fp16(base, dest)
-        elif fmt == "onnx" and precision == "int8" and self.options.int8_mode == "dynamic":
-            with self.stages.stage("int8 ONNX (dynamic)"):
-                onnx_variants.quantize_dynamic_int8(base, dest)
-            extra["quantization"] = "dynamic"
         elif fmt == "onnx" and precision == "int8":
-            n = rows(calibration)
-            with self.stages.stage("int8 ONNX (static QDQ, calibrating)", total=n) as stage:
-                extra.update(onnx_variants.quantize_static_qdq(base, dest, calibration, on_batch=stage.advance, batched=batched))
-            extra.update(quantization="static-qdq", calibration_samples=n)
+            extra.update(self.int8_onnx(base, dest, calibration, self.options.int8_mode))
         elif fmt == "openvino" and precision in ("fp32", "fp16"):
             with self.stages.stage(f"OpenVINO IR {precision}"):
                 openvino_variants.save_ir(base, dest, compress_to_fp16=precision == "fp16")
@@ -414,6 +434,15 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                 extra = {"opset": onnx_variants.default_domain_opset(exporter.model)}
                 accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
                                            DEFAULT_BUDGETS[precision], logits, batched)
+            if missed and extra.get("quantization") == "dynamic-fused" and options.int8_mode == "auto":
+                # Dynamic int8 quantizes activations per call, which some models' outliers do not survive:
+                # auto falls back to calibrated static QDQ and says why.
+                why = f"dynamic-fused int8 missed the budget ({missed[0]}); static QDQ instead"
+                remove_variant_files(work, file)
+                extra = {**exporter.int8_onnx(work / FILES["onnx", "fp32"], work / file, calibration, "static"), "note": why}
+                with stages.stage(f"measure {fmt} {precision} (static)"):
+                    accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
+                                               DEFAULT_BUDGETS[precision], logits, batched)
         except Exception as exc:  # a tool's failure costs this variant, not the export
             message = one_line(exc)
             remove_variant_files(work, file)

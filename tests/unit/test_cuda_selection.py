@@ -95,6 +95,22 @@ def test_tensorrt_asked_of_a_build_without_it_is_a_missing_package(monkeypatch, 
         OnnxRuntimeCudaProvider().load(LoadRequest(find_model_artifacts(version_dir), options={"tensorrt": "1"}))
 
 
+def test_tensorrt_int8_refuses_a_dynamic_int8_variant_by_name(monkeypatch, version_dir):
+    import json
+
+    from portable_ep.backends.artifacts import MANIFEST_NAME, MANIFEST_SCHEMA_VERSION
+
+    use(monkeypatch, TRT_BUILD, ["NVIDIA H100"])
+    (version_dir / "model.int8.onnx").write_bytes((version_dir / "model.onnx").read_bytes())
+    entry = {"format": "onnx", "within_budget": True, "status": "ok"}
+    (version_dir / MANIFEST_NAME).write_text(json.dumps({"schema_version": MANIFEST_SCHEMA_VERSION, "variants": [
+        {**entry, "precision": "fp32", "file": "model.onnx"},
+        {**entry, "precision": "int8", "file": "model.int8.onnx", "quantization": "dynamic-fused"}]}))
+    with pytest.raises(ProviderUnavailable, match="TensorRT int8 needs a static .QDQ. int8 ONNX variant; this bundle's is "
+                                                  "dynamic-fused .*--int8-mode static"):
+        OnnxRuntimeCudaProvider().load(LoadRequest(find_model_artifacts(version_dir), precision="int8", options={"tensorrt": "1"}))
+
+
 def test_tensorrt_goes_first_with_an_engine_cache_on_the_instance_device(monkeypatch, version_dir, tmp_path):
     use(monkeypatch, TRT_BUILD, ["NVIDIA H100"])
     FakeInferenceSession.active = TRT_BUILD
