@@ -53,6 +53,9 @@ class LoadRequest:
     # Provider-specific options, already stripped of their "<provider>." prefix.
     options: Mapping[str, str] = field(default_factory=dict)
     device_id: int = 0
+    #: Instances of the model loaded side by side (each its own process and session):
+    #: a provider may size or tune its threads by it.
+    instances: int = 1
 
 
 class Session(abc.ABC):

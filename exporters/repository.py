@@ -17,6 +17,7 @@ from portable_ep.exporters.errors import ExportError
 from portable_ep.exporters.manifest import read_manifest
 from portable_ep.exporters.signature import Signature
 from portable_ep.exporters.triton_config import TensorDecl, build_generation_config, build_model_config, config_to_pbtxt
+from portable_ep.python_backend.mixed_lengths import find_padding_plan
 from portable_ep.python_backend.model_loader import PRECISIONS as SERVING_PRECISIONS
 
 
@@ -66,7 +67,11 @@ def _single_pass_config(name: str, manifest: dict, options: RepoOptions, notes: 
     if reason and notes is not None:
         notes.append(f"max_batch_size 0: the model cannot batch ({reason}); each request is one sample "
                      "with the model's own shape")
-    decls = lambda specs: [TensorDecl(s.name, s.dtype, signature.triton_dims(s)) for s in specs]  # noqa: E731
+    # Inputs the backend can pad to a common length (a masked sequence axis) may arrive in one batch.
+    plan, _ = find_padding_plan({s.name: s.shape for s in signature.inputs}, {s.name: s.shape for s in signature.outputs},
+                                {s.name: s.dtype for s in signature.inputs}, batched=max_batch > 0)
+    ragged = set(plan.input_axes) if plan is not None else set()
+    decls = lambda specs: [TensorDecl(s.name, s.dtype, signature.triton_dims(s), s.name in ragged) for s in specs]  # noqa: E731
     return build_model_config(
         name, decls(signature.inputs), decls(signature.outputs), max_batch_size=max_batch,
         dynamic_batching_delay_us=options.dynamic_batching_delay_us if max_batch else None,

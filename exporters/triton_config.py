@@ -30,6 +30,9 @@ class TensorDecl:
     name: str
     dtype: np.dtype
     dims: Tuple[int, ...]  # without the batch dimension; -1 = any size
+    # Let Triton's dynamic batcher put requests of different shapes in one batch: without it
+    # the batcher only batches equal shapes, and the backend never sees mixed lengths to pad.
+    ragged: bool = False
 
 
 def _set_parameters(config, providers: Optional[str], precision: Optional[str],
@@ -63,6 +66,8 @@ def build_model_config(
         for decl in decls:
             tensor = field.add(name=decl.name, data_type=pb2.DataType.Value(numpy_to_triton_type(decl.dtype)),
                                dims=list(decl.dims) or [1])
+            if decl.ragged and field is config.input and max_batch_size > 0:
+                tensor.allow_ragged_batch = True
             if not decl.dims and max_batch_size > 0:
                 # Triton needs dims: a batched model's per-sample scalar travels as [1], reshaped to [].
                 # (A model that does not batch may not declare a scalar at all: it gets dims [1] and the

@@ -77,8 +77,12 @@ def build_identity(path, features: int = 16) -> Path:
 
 
 def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, classes: int = 3,
-                       max_positions: int = 0) -> Path:
-    """Mean of token (plus position) embeddings under the attention mask, then a linear classifier."""
+                       max_positions: int = 0, masked: bool = True, token_logits: bool = False) -> Path:
+    """Mean of token (plus position) embeddings under the attention mask, then a linear classifier.
+
+    ``masked=False`` averages over every position, ignoring the mask (padding then changes
+    the answer); ``token_logits`` adds a per-token output ``token_logits [batch, sequence, classes]``.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -115,6 +119,14 @@ def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, c
             helper.make_node("Gather", ["position_embeddings", "position_ids"], ["pos_emb"]),  # [s, e]
         ]
         nodes.insert(5, helper.make_node("Add", ["token_emb", "pos_emb"], ["emb"]))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])]
+    if not masked:
+        # The mask is still an input (and multiplies the tokens) but the mean divides by every position.
+        nodes = [n for n in nodes if n.output[0] not in ("summed", "count", "count_safe", "pooled")]
+        nodes.insert(-1, helper.make_node("ReduceMean", ["masked"], ["pooled"], axes=[1], keepdims=0))
+    if token_logits:
+        nodes.append(helper.make_node("MatMul", ["emb", "weight"], ["token_logits"]))
+        outputs.append(helper.make_tensor_value_info("token_logits", TensorProto.FLOAT, ["batch", "sequence", classes]))
     graph = helper.make_graph(
         nodes,
         "bag_of_words",
@@ -122,7 +134,7 @@ def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, c
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
         ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        outputs,
         initializers,
     )
     return _save(graph, path)

@@ -2,8 +2,10 @@
 
 Triton's dynamic batcher hands ``execute()`` a list of requests but never stacks
 their tensors; doing it here turns N requests into one provider call. Requests
-whose non-batch shapes differ (e.g. two sequence lengths) cannot share a tensor, so
-they form separate groups: one provider call per distinct shape.
+whose non-batch shapes differ cannot share a tensor, so they form separate groups:
+one provider call per distinct shape -- except along a masked sequence axis, where
+``mixed_lengths`` pads requests of different lengths into one call when its cost
+model says that is faster.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 from portable_ep.backends.base import Session
 from portable_ep.backends.dtypes import short_type_name
 from portable_ep.exporters.errors import runtime_cause
+from portable_ep.python_backend.mixed_lengths import Item, MixedLengthPolicy, plan_groups
 from portable_ep.python_backend.model_config import ServingConfig, TensorSpec
 from portable_ep.python_backend.request_limits import RequestLimitError, RequestLimits, symbol_uses
 
@@ -108,17 +111,24 @@ class _Pending:
     batch: int
 
 
-def _group_key(feeds: Feeds, batched: bool) -> Tuple:
-    return tuple(sorted((name, array.shape[1:] if batched else array.shape) for name, array in feeds.items()))
+def _group_key(feeds: Feeds, batched: bool, free_axes: Mapping[str, int] = {}) -> Tuple:
+    """Shapes that must match to share a call; axes in ``free_axes`` (padded) are left out."""
+    def shape(name, array):
+        dims = list(array.shape[1:] if batched else array.shape)
+        if name in free_axes:
+            dims[free_axes[name] - 1] = None
+        return tuple(dims)
+
+    return tuple(sorted((name, shape(name, array)) for name, array in feeds.items()))
 
 
-def group_requests(pending: Sequence[_Pending], batched: bool) -> List[List[_Pending]]:
-    """Requests that can be stacked along axis 0 share a group; order is kept."""
+def group_requests(pending: Sequence[_Pending], batched: bool, free_axes: Mapping[str, int] = {}) -> List[List[_Pending]]:
+    """Requests that can be stacked along axis 0 (after padding ``free_axes``) share a group; order is kept."""
     if not batched:
         return [[p] for p in pending]
     groups: Dict[Tuple, List[_Pending]] = {}
     for p in pending:
-        groups.setdefault(_group_key(p.feeds, batched), []).append(p)
+        groups.setdefault(_group_key(p.feeds, batched, free_axes), []).append(p)
     return list(groups.values())
 
 
@@ -160,8 +170,11 @@ class BatchExecutor:
         self.shared_dims = shared_dimensions(session, config.batched, input_shapes)
         # Scalars of a model that does not batch travel as dims [1] (Triton has no rank 0 there).
         self.scalar_inputs = set() if config.batched else {t.name for t in session.inputs if len(t.shape) == 0}
-        #: Provider calls made and requests they carried, for metrics and tests.
+        #: Provider calls made, and those that padded requests of different lengths together.
         self.provider_calls = 0
+        self.padded_calls = 0
+        #: Set after load by the backend (it probes the session); None = one call per length.
+        self.mixed: Optional[MixedLengthPolicy] = None
 
     def _run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         self.provider_calls += 1
@@ -188,16 +201,32 @@ class BatchExecutor:
                 results[index] = RequestError(str(exc))
             except RequestError as exc:
                 results[index] = exc
-        for group in group_requests(pending, self.config.batched):
-            self._run_group(group, results)
+        policy = self.mixed if self.mixed is not None and self.mixed.pads else None
+        for group in group_requests(pending, self.config.batched, policy.plan.input_axes if policy else {}):
+            if policy is None:
+                self._run_group(group, results)
+                continue
+            lengths = {p.index: policy.plan.length(p.feeds) for p in group}
+            by_index = {p.index: p for p in group}
+            items = [Item(p.index, p.batch, lengths[p.index]) for p in group]
+            for planned in plan_groups(items, policy.cost, policy.mode):
+                members = [by_index[item.index] for item in planned]
+                self._run_group(members, results, lengths)
         return results
 
-    def _run_group(self, group: List[_Pending], results: List[Result]) -> None:
+    def _run_group(self, group: List[_Pending], results: List[Result], lengths: Optional[Mapping[int, int]] = None) -> None:
+        plan = self.mixed.plan if lengths is not None else None
+        longest = max(lengths[p.index] for p in group) if lengths is not None else 0
+        padded = plan is not None and any(lengths[p.index] != longest for p in group)
         try:
-            outputs = self._run(stack_feeds(group))
+            if padded:
+                outputs = self._run(stack_feeds([_Pending(p.index, plan.pad(p.feeds, longest), p.batch) for p in group]))
+                self.padded_calls += 1
+            else:
+                outputs = self._run(stack_feeds(group))
             parts = split_outputs(outputs, [p.batch for p in group]) if self.config.batched else [outputs]
             for p, part in zip(group, parts):
-                results[p.index] = part
+                results[p.index] = plan.cut(part, lengths[p.index]) if padded else part
         except Exception as exc:
             if len(group) > 1:
                 # One bad request (e.g. a token id past the vocabulary) must not fail

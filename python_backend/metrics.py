@@ -8,6 +8,8 @@
   naming the cause (signal or exit code);
 - ``portable_ep_requests_total`` / ``portable_ep_request_errors_total`` /
   ``portable_ep_executions_total`` / ``portable_ep_provider_seconds_total`` per provider.
+- ``portable_ep_provider_calls_total`` / ``portable_ep_padded_calls_total``: runtime calls
+  made, and those that padded requests of different lengths into one (mixed lengths).
 ``requests_total / executions_total`` is the mean number of requests per batch.
 
 Each ``Metric.increment`` is a round trip from the stub to the server process
@@ -27,10 +29,10 @@ FLUSH_INTERVAL_S = 0.2
 
 
 class _Counters:
-    __slots__ = ("requests", "errors", "executions", "seconds")
+    __slots__ = ("requests", "errors", "executions", "seconds", "calls", "padded")
 
     def __init__(self):
-        self.requests = self.errors = self.executions = 0
+        self.requests = self.errors = self.executions = self.calls = self.padded = 0
         self.seconds = 0.0
 
     def any(self) -> bool:
@@ -50,6 +52,8 @@ class BackendMetrics:
             "errors": family("portable_ep_request_errors_total", "Requests answered with an error", family.COUNTER),
             "executions": family("portable_ep_executions_total", "execute() calls (batches) handled", family.COUNTER),
             "seconds": family("portable_ep_provider_seconds_total", "Seconds spent in execute() batching and provider calls", family.COUNTER),
+            "calls": family("portable_ep_provider_calls_total", "Runtime calls made (a batch of one shape is one call)", family.COUNTER),
+            "padded": family("portable_ep_padded_calls_total", "Runtime calls that padded requests of different lengths together", family.COUNTER),
             "restarts": family("portable_ep_model_restarts_total", "Reloads after the model's stub process died", family.COUNTER),
             "last_restart": family("portable_ep_model_last_restart_info", "Why the model's stub last died (always 1)", family.GAUGE),
         }
@@ -81,6 +85,8 @@ class BackendMetrics:
         self._errors = self._families["errors"].Metric(labels=labels)
         self._executions = self._families["executions"].Metric(labels=labels)
         self._seconds = self._families["seconds"].Metric(labels=labels)
+        self._calls = self._families["calls"].Metric(labels=labels)
+        self._padded = self._families["padded"].Metric(labels=labels)
 
         self._pending = _Counters()
         self._lock = threading.Lock()
@@ -89,13 +95,15 @@ class BackendMetrics:
         self._flusher = threading.Thread(target=self._flush_periodically, name="portable_ep-metrics", daemon=True)
         self._flusher.start()
 
-    def record_execution(self, requests: int, errors: int, seconds: float) -> None:
+    def record_execution(self, requests: int, errors: int, seconds: float, calls: int = 0, padded: int = 0) -> None:
         with self._lock:
             pending = self._pending
             pending.requests += requests
             pending.errors += errors
             pending.executions += 1
             pending.seconds += seconds
+            pending.calls += calls
+            pending.padded += padded
 
     def flush(self) -> None:
         with self._lock:
@@ -107,6 +115,10 @@ class BackendMetrics:
             self._errors.increment(pending.errors)
         self._executions.increment(pending.executions)
         self._seconds.increment(pending.seconds)
+        if pending.calls:
+            self._calls.increment(pending.calls)
+        if pending.padded:
+            self._padded.increment(pending.padded)
 
     def _flush_periodically(self) -> None:
         while not self._stop.wait(self._interval):

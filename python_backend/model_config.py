@@ -32,6 +32,8 @@ class ServingConfig:
     inputs: Tuple[TensorSpec, ...]
     outputs: Tuple[TensorSpec, ...]
     parameters: Dict[str, str] = field(default_factory=dict)
+    #: Instances of the model (all instance groups): they share the machine's cores.
+    instances: int = 1
 
     @property
     def batched(self) -> bool:
@@ -73,4 +75,5 @@ def parse_model_config(config: dict) -> ServingConfig:
         inputs=inputs,
         outputs=outputs,
         parameters=parameters,
+        instances=max(1, sum(int(group.get("count", 1) or 1) for group in config.get("instance_group", []) or [{}])),
     )

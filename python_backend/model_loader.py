@@ -73,6 +73,7 @@ class LoadedModel:
     limits: RequestLimits = RequestLimits()
     #: Input shapes with their symbolic dim names (OpenVINO loses the names: the manifest keeps them).
     input_shapes: Optional[dict] = None
+    output_shapes: Optional[dict] = None
 
 
 def _plain_onnx_limits(artifacts, shapes) -> dict:
@@ -89,12 +90,12 @@ def _plain_onnx_limits(artifacts, shapes) -> dict:
     return limits_from_onnx(model, shapes, ints)
 
 
-def symbolic_input_shapes(artifacts, session: Session) -> dict:
-    """Input shapes with symbolic names: the manifest's signature, else what the runtime reports."""
+def symbolic_input_shapes(artifacts, session: Session, kind: str = "inputs") -> dict:
+    """Input (or output) shapes with symbolic names: the manifest's signature, else what the runtime reports."""
     signature = (artifacts.manifest or {}).get("signature") or {}
-    if signature.get("inputs"):
-        return {entry["name"]: tuple(entry["shape"]) for entry in signature["inputs"]}
-    return {t.name: tuple(t.shape) for t in session.inputs}
+    if signature.get(kind):
+        return {entry["name"]: tuple(entry["shape"]) for entry in signature[kind]}
+    return {t.name: tuple(t.shape) for t in getattr(session, kind)}
 
 
 def request_limits(config: ServingConfig, artifacts, shapes: dict) -> RequestLimits:
@@ -143,7 +144,8 @@ def resolve_session(
         if precision == AUTO:  # decided per provider: each has its own fastest precision
             choice = choose_auto_precision(registry.get(name), artifacts, options.get(name, {}))
             chosen, auto_reasons[name] = choice.precision, choice.reason
-        return LoadRequest(artifacts=artifacts, precision=chosen, options=options.get(name, {}), device_id=device_id)
+        return LoadRequest(artifacts=artifacts, precision=chosen, options=options.get(name, {}), device_id=device_id,
+                           instances=config.instances)
 
     resolution = resolve_provider_chain(chain, make_request, registry)
     served = resolution.session.precision if precision == AUTO else precision
@@ -169,4 +171,5 @@ def load_model(
         resolution.session.close()
         raise
     return LoadedModel(resolution=resolution, precision=resolved.precision, chain=resolved.chain,
-                       auto_reason=resolved.auto_reason, limits=limits, input_shapes=shapes)
+                       auto_reason=resolved.auto_reason, limits=limits, input_shapes=shapes,
+                       output_shapes=symbolic_input_shapes(artifacts, resolution.session, "outputs"))

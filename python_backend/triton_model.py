@@ -12,6 +12,7 @@ from pathlib import Path
 from portable_ep.python_backend.batching import BatchExecutor
 from portable_ep.python_backend.generation_model import GenerationServing, is_generative, load_generator
 from portable_ep.python_backend.metrics import BackendMetrics
+from portable_ep.python_backend.mixed_lengths import PARAMETER as MIXED_LENGTHS, choose_policy
 from portable_ep.python_backend.model_config import parse_model_config
 from portable_ep.python_backend.model_loader import load_model
 
@@ -35,6 +36,16 @@ def restart_note(parameters) -> tuple:
     except ValueError:
         count = 0
     return count, parameters.get("restart_cause", "")
+
+
+def mixed_length_policy(config, loaded):
+    """Pad requests of different lengths into one call where the model allows it and it is faster."""
+    session = loaded.resolution.session
+    return choose_policy(
+        str(config.parameters.get(MIXED_LENGTHS) or "auto").strip().lower(), session.run,
+        loaded.input_shapes, loaded.output_shapes, {t.name: t.dtype for t in session.inputs}, config.batched,
+        exact=loaded.precision == "fp32", vocab_sizes=loaded.limits.vocab_sizes,
+        max_dims={symbol: limit.size for symbol, limit in loaded.limits.dims.items()})
 
 
 class TritonModel:
@@ -65,6 +76,8 @@ class TritonModel:
         log.log_info(f"{where}: request limits: {loaded.limits.describe()}")
         self.executor = BatchExecutor(config, resolution.session, loaded.limits, log=log.log_error,
                                       input_shapes=loaded.input_shapes)
+        self.executor.mixed = mixed_length_policy(config, loaded)
+        log.log_info(f"{where}: {self.executor.mixed.describe()}")
         restarts, cause = restart_note(config.parameters)
         if restarts:
             log.log_warn(f"{where}: restart {restarts} after the model's stub died: {cause}")
@@ -98,8 +111,10 @@ class TritonModel:
             return self.generation.execute(requests)
         pb = self.pb
         feeds = [{t.name(): t.as_numpy() for t in request.inputs()} for request in requests]
+        executor = self.executor
+        calls, padded = executor.provider_calls, executor.padded_calls
         started = time.perf_counter()
-        results = self.executor.execute(feeds)
+        results = executor.execute(feeds)
         elapsed = time.perf_counter() - started
         responses = []
         errors = 0
@@ -110,7 +125,8 @@ class TritonModel:
                 continue
             wanted = request.requested_output_names() or result.keys()
             responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(name, result[name]) for name in wanted]))
-        self.metrics.record_execution(len(requests), errors, elapsed)
+        self.metrics.record_execution(len(requests), errors, elapsed, executor.provider_calls - calls,
+                                      executor.padded_calls - padded)
         return responses
 
     def finalize(self):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from portable_ep.client import infer_once
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, compare_outputs
 from portable_ep.exporters.bundle import ExportOptions, export_bundle
 from portable_ep.exporters.repository import RepoOptions, add_to_repository
-from portable_ep.metrics_text import served_providers
+from portable_ep.metrics_text import parse_series, served_providers
 from portable_ep.models.huggingface import build_tiny_bert_classifier, build_tiny_cnn_classifier
 from portable_ep.triton_process import TritonServer
 
@@ -27,6 +29,8 @@ PROVIDERS = ("cpu", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
 TINY_BUNDLES = ("bert", "cnn", "cnn_onnx")
 MINILM_SERVED = (("openvino", "int8"), ("cpu", "int8"), ("cpu", "fp16"))
+# Mixed lengths: padded always, and the default (auto) policy, on fp32.
+MINILM_PADDED = {"minilm_cpu_pad": ("cpu", "pad"), "minilm_openvino_pad": ("openvino", "pad"), "minilm_cpu_auto": ("cpu", "auto")}
 CLI = [sys.executable, "-m", "portable_ep.cli"]
 
 
@@ -69,6 +73,9 @@ def export_server(tmp_path_factory, bundles, installed_backend_dir):
     for bundle, provider, precision in combos:
         add_to_repository(bundles[bundle], repository, served_name(bundle, provider, precision),
                           RepoOptions(providers=provider, precision=precision, max_batch_size=8))
+    for name, (provider, mode) in MINILM_PADDED.items():
+        add_to_repository(bundles["minilm"], repository, name,
+                          RepoOptions(providers=provider, precision="fp32", parameters={"batching.mixed_lengths": mode}))
     # precision auto: the chain's first provider picks its fastest variant within budget ...
     add_to_repository(bundles["bert"], repository, "bert_auto", RepoOptions(providers="openvino,cpu", precision="auto"))
     # ... and passes over one the manifest records as out of budget.
@@ -105,7 +112,10 @@ def test_bundle_holds_every_variant_measured_within_budget(bundles, bundle):
         assert len(variant["sha256"]) == 64 and (bundles[bundle] / variant["file"]).stat().st_size > 0
         assert variant["accuracy"]["outputs"]["logits"]["top1"] is not None
     int8 = next(v for v in manifest["variants"] if v["format"] == "onnx" and v["precision"] == "int8")
-    assert int8["quantization"] == "static-qdq" and int8["calibration_samples"] == 32
+    if bundle == "bert":  # a transformer: ONNX Runtime's fusions, then dynamic int8 (int8 mode auto)
+        assert int8["quantization"] == "dynamic-fused" and int8["fused_ops"]["Attention"] == 2
+    else:
+        assert int8["quantization"] == "static-qdq" and int8["calibration_samples"] == 32
     assert {"onnx", "onnxruntime", "openvino", "nncf", "portable_ep"} <= set(manifest["tools"])
     assert not list(bundles[bundle].parent.glob(".*partial*"))
 
@@ -155,10 +165,51 @@ def test_minilm_exports_end_to_end_with_embeddings_close_to_fp32(bundles):
     print("\nall-MiniLM-L6-v2 sentence-embedding cosine to PyTorch fp32 (mean of 32 samples, seq 128):")
     for key, value in sorted(cosines.items()):
         print(f"  {key[0]:8s} {key[1]}: {value:.5f}")
+    int8 = next(v for v in manifest["variants"] if (v["format"], v["precision"]) == ("onnx", "int8"))
+    assert int8["quantization"] == "dynamic-fused"  # the >= 2x fp32 recipe (benchmarks/int8_throughput.py)
     for fmt in ("onnx", "openvino"):
         assert cosines[fmt, "int8"] >= 0.99
         assert cosines[fmt, "fp16"] >= 0.999
     assert all(v["within_budget"] for v in manifest["variants"])
+
+
+def _padded_calls(server, model: str) -> float:
+    return sum(float(s["value"]) for s in parse_series(server.metrics_text(), "portable_ep_padded_calls_total")
+               if s.get("model") == model)
+
+
+@pytest.mark.parametrize("model", ["minilm_cpu_pad", "minilm_openvino_pad", "minilm_cpu_auto"])
+def test_mixed_lengths_share_a_padded_call_and_answer_as_if_alone(export_server, bundles, model):
+    """Requests of 8..128 tokens arrive together; each answer equals the model run on that request alone."""
+    import onnxruntime as ort
+
+    provider, mode = MINILM_PADDED[model]
+    logged = [line for line in export_server.log_text().splitlines() if f"model '{model}'" in line and "mixed lengths" in line]
+    assert logged and ("always padded into one call" if mode == "pad" else "padded where cheaper") in logged[0]
+    alone = ort.InferenceSession(str(bundles["minilm"] / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    requests = []
+    for length in (8, 128, 40, 75, 40, 12, 100, 64):
+        ids = rng.integers(1000, 30000, size=(1, length), dtype=np.int64)
+        requests.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    with ThreadPoolExecutor(len(requests)) as pool:
+        for _ in range(3):  # the dynamic batcher forms batches of whatever arrives together
+            served = list(pool.map(lambda r: infer_once("grpc", export_server.grpc_url, model, r), requests))
+            for request, answer in zip(requests, served):
+                expected = dict(zip([o.name for o in alone.get_outputs()], alone.run(None, request)))
+                assert answer["last_hidden_state"].shape == expected["last_hidden_state"].shape
+                np.testing.assert_allclose(answer["sentence_embedding"], expected["sentence_embedding"], atol=2e-4)
+                np.testing.assert_allclose(answer["last_hidden_state"], expected["last_hidden_state"], atol=2e-3)
+    if mode == "pad":
+        time.sleep(0.5)  # the backend publishes its counters every 0.2 s
+        assert _padded_calls(export_server, model) > 0
+
+
+def test_dynamic_int8_is_not_padded_because_padding_moves_its_answer(export_server):
+    """Dynamic int8 quantizes activations over the whole call: padded rows shift the scales, so the probe refuses."""
+    logged = [line for line in export_server.log_text().splitlines()
+              if "model 'minilm_cpu_int8'" in line and "mixed lengths" in line]
+    assert logged and "one provider call per length (padding changes the answer" in logged[0]
 
 
 @pytest.mark.parametrize("provider,precision", MINILM_SERVED)
@@ -201,13 +252,55 @@ def test_export_and_repo_add_from_the_command_line(tmp_path, hf_folders, install
         assert not problems, problems
 
 
-def test_dynamic_int8_for_transformers(tmp_path, hf_folders):
+def test_dynamic_int8_for_transformers_is_fused(tmp_path, hf_folders):
     result = export_bundle(hf_folders["bert"], tmp_path / "bert-dynamic",
                            ExportOptions(sequence_length=16, formats=("onnx",), int8_mode="dynamic", progress=False))
     int8 = next(v for v in result.manifest["variants"] if v["precision"] == "int8")
-    assert int8["quantization"] == "dynamic" and "calibration_samples" not in int8
+    assert int8["quantization"] == "dynamic-fused" and "calibration_samples" not in int8
     assert int8["within_budget"] and int8["accuracy"]["outputs"]["logits"]["top1"] >= 0.95
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(result.bundle / "model.int8.onnx")).graph.node}
-    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    # ORT's fused attention quantized as one QAttention, the other matmuls as dynamic int8.
+    assert {"QAttention", "DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops
+
+
+def test_int8_auto_falls_back_to_static_qdq_when_fusion_finds_nothing(tmp_path, hf_folders, monkeypatch):
+    from portable_ep.exporters import onnx_variants
+    from portable_ep.exporters.errors import ExportError
+
+    def no_attention(source, dest):
+        raise ExportError("ONNX Runtime's transformer optimizer fused no attention (fused: nothing)")
+
+    monkeypatch.setattr(onnx_variants, "fuse_transformer", no_attention)
+    for mode, expected in (("auto", "static-qdq"), ("dynamic", "dynamic")):
+        result = export_bundle(hf_folders["bert"], tmp_path / mode,
+                               ExportOptions(sequence_length=16, formats=("onnx",), precisions=("fp32", "int8"),
+                                             int8_mode=mode, progress=False))
+        int8 = next(v for v in result.manifest["variants"] if v["precision"] == "int8")
+        assert int8["quantization"] == expected and int8["within_budget"]
+        assert "fused dynamic int8 not built: ONNX Runtime's transformer optimizer fused no attention" in int8["note"]
+
+
+def test_int8_auto_falls_back_to_static_qdq_when_dynamic_misses_the_budget(tmp_path, hf_folders, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    from portable_ep.exporters import onnx_variants
+
+    def scrambled(source, dest):  # a "quantized" graph whose weights are noise: far out of any budget
+        model = onnx.load(str(source))
+        rng = np.random.default_rng(0)
+        for init in model.graph.initializer:
+            array = numpy_helper.to_array(init)
+            if array.dtype == np.float32 and array.size > 1:
+                init.CopyFrom(numpy_helper.from_array(rng.standard_normal(array.shape).astype(np.float32), init.name))
+        onnx.save(model, str(dest))
+        return {"fused_ops": {"Attention": 2}}
+
+    monkeypatch.setattr(onnx_variants, "quantize_dynamic_fused", scrambled)
+    result = export_bundle(hf_folders["bert"], tmp_path / "bert", ExportOptions(
+        sequence_length=16, formats=("onnx",), precisions=("fp32", "int8"), progress=False))
+    int8 = next(v for v in result.manifest["variants"] if v["precision"] == "int8")
+    assert int8["quantization"] == "static-qdq" and int8["within_budget"]
+    assert int8["note"].startswith("dynamic-fused int8 missed the budget (") and "static QDQ instead" in int8["note"]
