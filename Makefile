@@ -15,6 +15,7 @@ test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
+	$(VENV)/bin/python benchmarks/peers.py
 	$(VENV)/bin/python benchmarks/serving_overhead.py
 	$(VENV)/bin/python benchmarks/int8_throughput.py
 	$(VENV)/bin/python benchmarks/loadgen_floor.py

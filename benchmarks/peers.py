@@ -17,9 +17,12 @@ served by:
 - **PyTriton** 0.7 with `@batch` (one call per length; benchmarks/peer_pytriton.py);
 - **raw**: the runtime called in this process with no server: for fixed lengths the
   better of batch 1 and batch 8, for mixed lengths the better of one call per request
-  and padded groups of 8.
+  padded groups of 8 as they come, and length-sorted batches of 8 (an offline job that
+  knows every request up front: the least padding any batching can have).
 
-Every server gets the same dynamic batcher (max_batch_size 8, queue delay 0) and the
+Each cell is measured once per round (two by default) with the systems in a rotated
+order, and the median is reported; the raw figures are the mean of a run before the
+servers start and one after they stop. Every server gets the same dynamic batcher (max_batch_size 8, queue delay 0) and the
 same runtime settings (benchmarks/peer_runtime.py: ONNX Runtime with spinning off,
 OpenVINO at f32). Traffic: fixed (every request 128 tokens) and mixed (16..128 tokens,
 uniform, seeded), each at concurrency 1, 8 and 16, servers measured in rotation. The
@@ -72,16 +75,17 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 @dataclass
 class Settings:
     concurrencies: Sequence[int] = (1, 8, 16)
-    warmup_s: float = 2.0
-    seconds: float = 8.0
-    raw_seconds: float = 5.0
+    rounds: int = 2  # every cell measured once per round, systems in a rotated order; medians reported
+    warmup_s: float = 1.0
+    seconds: float = 4.0
+    raw_seconds: float = 3.0
     requests: int = 256  # distinct prepared requests per traffic kind
     max_batch_size: int = 8
     queue_delay_us: int = 0
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(concurrencies=(1, 16), warmup_s=1.0, seconds=3.0, raw_seconds=2.0, requests=64)
+        return cls(concurrencies=(1, 16), rounds=1, warmup_s=1.0, seconds=3.0, raw_seconds=2.0, requests=64)
 
 
 # --------------------------------------------------------------------------------------
@@ -238,11 +242,15 @@ def raw_figures(bundle: Path, model: Model, provider: str, fixed, mixed, setting
     b = settings.max_batch_size
     batches = [_stack(fixed[i:i + b]) for i in range(0, len(fixed) - b + 1, b)]
     groups = [_stack(mixed[i:i + b]) for i in range(0, len(mixed) - b + 1, b)]
+    # An offline job's batching: every request known up front, sorted by length, then batches of b.
+    by_length = sorted(mixed, key=lambda r: next(iter(r.values())).shape[1])
+    buckets = [_stack(by_length[i:i + b]) for i in range(0, len(by_length) - b + 1, b)]
     figures = {
         "fixed_b1": _rate(run, fixed, [1] * len(fixed), settings.raw_seconds),
         f"fixed_b{b}": _rate(run, batches, [b] * len(batches), settings.raw_seconds),
         "mixed_per_request": _rate(run, mixed, [1] * len(mixed), settings.raw_seconds),
         f"mixed_padded_b{b}": _rate(run, groups, [b] * len(groups), settings.raw_seconds),
+        f"mixed_sorted_b{b}": _rate(run, buckets, [b] * len(buckets), settings.raw_seconds),
     }
     latencies = []
     for request in fixed[:50] * 4:
@@ -254,7 +262,11 @@ def raw_figures(bundle: Path, model: Model, provider: str, fixed, mixed, setting
 
 
 def best_raw(raw: dict, kind: str) -> tuple:
-    candidates = {k: v for k, v in raw.items() if k.startswith(kind) and not k.endswith("_ms")}
+    """The best raw strategy a server could also use: requests as they arrive, alone or batched.
+
+    The length-sorted offline figure (every request known up front) is printed beside it
+    as a bound, not used as the yardstick: no online server sees the future requests."""
+    candidates = {k: v for k, v in raw.items() if k.startswith(kind) and not k.endswith("_ms") and "sorted" not in k}
     key = max(candidates, key=candidates.get)
     return candidates[key], key[len(kind) + 1:]
 
@@ -267,27 +279,46 @@ def measure_provider(workdir: Path, bundle: Path, model: Model, provider: str, s
     manifest = json.loads((bundle / "manifest.json").read_text())
     requests = {kind: traffic(manifest, kind, settings.requests, seed=1) for kind in ("fixed", "mixed")}
     prepared = {kind: prepare(reqs) for kind, reqs in requests.items()}
+    # Raw runs before the servers start and after they stop (never beside them); each figure is the mean.
+    with console.status(f"{model.key} {provider}: the runtime in-process, before the servers"):
+        raw_before = raw_figures(bundle, model, provider, requests["fixed"], requests["mixed"], settings)
     repository = build_repository(workdir, bundle, model, provider, settings)
-    cells = []
+    samples: Dict[tuple, List[dict]] = {}
     logs = workdir / f"peers-{model.key}-{provider}"
     with TritonServer(repository, log_path=f"{logs}-tritonserver.log") as server, \
             pytriton_server(bundle, model, provider, settings, Path(f"{logs}-pytriton.log")) as pytriton_url:
         urls = {PEP: server.grpc_url, PEP_SEPARATE: server.grpc_url, HANDWRITTEN: server.grpc_url, PYTRITON: pytriton_url}
-        for kind in ("fixed", "mixed"):
-            systems = [PEP, PYTRITON, HANDWRITTEN] + ([PEP_SEPARATE] if kind == "mixed" else [])
-            for concurrency in settings.concurrencies:
-                cell = {"provider": provider, "traffic": kind, "concurrency": concurrency, "systems": {}}
-                # Rotate the order per cell so no system always runs first (CPU clocks, caches).
-                turn = settings.concurrencies.index(concurrency) % len(systems)
-                for system in systems[turn:] + systems[:turn]:
-                    with console.status(f"{model.key} {provider}: {kind} lengths, concurrency {concurrency}: {system}"):
-                        result = drive(urls[system], MODEL_NAMES[system], prepared[kind], model.output, concurrency,
-                                       settings.warmup_s, settings.seconds)
-                    cell["systems"][system] = result.as_dict()
-                cells.append(cell)
-    with console.status(f"{model.key} {provider}: the runtime in-process (servers stopped)"):
-        raw = raw_figures(bundle, model, provider, requests["fixed"], requests["mixed"], settings)
-    return {"model": model.key, "title": model.title, "provider": provider, "cells": cells, "raw": raw}
+        for round_index in range(settings.rounds):
+            for kind in ("fixed", "mixed"):
+                systems = [PEP, PYTRITON, HANDWRITTEN] + ([PEP_SEPARATE] if kind == "mixed" else [])
+                for position, concurrency in enumerate(settings.concurrencies):
+                    # Rotate the order per cell and round so no system always runs first (clocks, caches,
+                    # a neighbour's load on a shared machine).
+                    turn = (position + round_index) % len(systems)
+                    for system in systems[turn:] + systems[:turn]:
+                        with console.status(f"{model.key} {provider} round {round_index + 1}/{settings.rounds}: "
+                                            f"{kind} lengths, concurrency {concurrency}: {system}"):
+                            result = drive(urls[system], MODEL_NAMES[system], prepared[kind], model.output, concurrency,
+                                           settings.warmup_s, settings.seconds)
+                        samples.setdefault((kind, concurrency, system), []).append(result.as_dict())
+    with console.status(f"{model.key} {provider}: the runtime in-process, after the servers"):
+        raw_after = raw_figures(bundle, model, provider, requests["fixed"], requests["mixed"], settings)
+    raw = {key: (raw_before[key] + raw_after[key]) / 2 for key in raw_before}
+    cells = []
+    for kind in ("fixed", "mixed"):
+        for concurrency in settings.concurrencies:
+            systems = {system: _median(runs) for (k, c, system), runs in samples.items() if (k, c) == (kind, concurrency)}
+            cells.append({"provider": provider, "traffic": kind, "concurrency": concurrency, "systems": systems,
+                          "runs": {s: runs for (k, c, s), runs in samples.items() if (k, c) == (kind, concurrency)}})
+    return {"model": model.key, "title": model.title, "provider": provider, "cells": cells, "raw": raw,
+            "raw_before_after": [raw_before, raw_after]}
+
+
+def _median(runs: Sequence[dict]) -> dict:
+    """The run with the median throughput (its latencies with it), so one figure never mixes runs."""
+    ordered = sorted(runs, key=lambda r: r["inferences_per_s"])
+    return ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else {
+        key: (ordered[len(ordered) // 2 - 1][key] + ordered[len(ordered) // 2][key]) / 2 for key in ordered[0]}
 
 
 def ratios(result: dict) -> List[dict]:
@@ -304,9 +335,14 @@ def ratios(result: dict) -> List[dict]:
             "vs PyTriton": pep / s[PYTRITON]["inferences_per_s"],
             "vs hand-written": pep / s[HANDWRITTEN]["inferences_per_s"],
             "served/raw": pep / raw_best, "raw": f"{raw_best:.1f} ({strategy})",
+            "served/offline": pep / raw[f"mixed_sorted_b{max_batch(raw)}"] if cell["traffic"] == "mixed" else None,
             "client cores": s[PEP]["client_cores"],
         })
     return rows
+
+
+def max_batch(raw: dict) -> int:
+    return int(next(k for k in raw if k.startswith("mixed_sorted_b")).rsplit("_b", 1)[1])
 
 
 def print_provider(result: dict) -> None:
@@ -325,6 +361,8 @@ def print_provider(result: dict) -> None:
     console.print(table)
     raw = result["raw"]
     console.print("  raw in-process: " + ", ".join(f"{k} {v:.1f}" for k, v in raw.items()))
+    bound = ", ".join(f"c{r['concurrency']} {r['served/offline']:.2f}" for r in ratios(result) if r["served/offline"])
+    console.print(f"  mixed, served / offline length-sorted batches (a bound no online server reaches): {bound}")
 
 
 def goals(results: Sequence[dict]) -> List[dict]:
@@ -400,7 +438,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--models", default="minilm,bert-l4", help=f"{', '.join(MODELS)} (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "bench-output",
                         help="the cached bundle, repositories, server logs, results (default: bench-output/)")
-    parser.add_argument("--seconds", type=float, help="timed window per measurement (default: 8, --quick 3)")
+    parser.add_argument("--from-json", type=Path, metavar="PEERS.json",
+                        help="print the tables, goals and PNG of an earlier run's peers.json instead of measuring")
+    parser.add_argument("--rounds", type=int, help="rounds per cell, medians reported (default: 2, --quick 1)")
+    parser.add_argument("--seconds", type=float, help="timed window per measurement (default: 4, --quick 3)")
     return parser.parse_args(argv)
 
 
@@ -409,8 +450,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = Settings.quick() if args.quick else Settings()
     if args.seconds:
         settings.seconds = args.seconds
+    if args.rounds:
+        settings.rounds = args.rounds
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        earlier = json.loads(args.from_json.read_text())
+        console.print(earlier["machine"])
+        for result in earlier["results"]:
+            print_provider(result)
+        print_goals(goals(earlier["results"]))
+        plot(earlier["results"], workdir / "peers.png", earlier["machine"])
+        console.print(f"written: {workdir / 'peers.png'}")
+        return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:

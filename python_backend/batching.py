@@ -9,6 +9,7 @@ model says that is faster.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -209,9 +210,18 @@ class BatchExecutor:
             lengths = {p.index: policy.plan.length(p.feeds) for p in group}
             by_index = {p.index: p for p in group}
             items = [Item(p.index, p.batch, lengths[p.index]) for p in group]
-            for planned in plan_groups(items, policy.cost, policy.mode):
+            plan = plan_groups(items, policy.cost, policy.mode)
+            arm = None
+            if policy.live is not None and any(len({i.length for i in g}) > 1 for g in plan):
+                arm = policy.live.pick()
+                if arm == "separate":
+                    plan = plan_groups(items, None, "separate")
+            started = time.perf_counter()
+            for planned in plan:
                 members = [by_index[item.index] for item in planned]
                 self._run_group(members, results, lengths)
+            if arm is not None:
+                policy.live.record(arm, sum(i.rows * i.length for i in items), time.perf_counter() - started)
         return results
 
     def _run_group(self, group: List[_Pending], results: List[Result], lengths: Optional[Mapping[int, int]] = None) -> None:

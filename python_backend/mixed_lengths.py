@@ -12,7 +12,8 @@ different lengths cannot be stacked. Two ways to run them:
 Which is faster depends on the model and the provider, so neither is assumed: at load a
 few timed calls fit ``seconds = per_call + per_token * tokens`` on the serving session,
 and every batch is split into length groups (sorted by length, contiguous) that
-minimise that cost. Padding is only offered where it provably does not change the
+minimise that cost; on live traffic :class:`LiveChooser` keeps that plan only while it
+measures faster, in useful tokens per second, than one call per length. Padding is only offered where it provably does not change the
 answer: the model must have an attention-mask input on the sequence axis, every output
 axis that depends on the sequence must carry the same symbolic name (so it can be cut
 back), and a probe at load must give the same outputs padded and unpadded.
@@ -20,7 +21,7 @@ back), and a probe at load must give the same outputs padded and unpadded.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -246,6 +247,55 @@ def plan_groups(items: Sequence[Item], cost: Optional[CostModel], mode: str) -> 
     return groups_out[::-1]
 
 
+class LiveChooser:
+    """Keeps padding only while it measures faster than one call per length on live traffic.
+
+    The cost model is fitted on batch-1 probes at load; real batches (sizes, shapes, a
+    neighbour's load, the runtime's caches) can disagree with it. So in ``auto`` every
+    batch whose cost-model plan pads is run either as planned ("pad") or one call per
+    length ("separate"), and each arm keeps a moving average of useful tokens per second
+    of execute time. Both arms are tried ``warmup`` times first; then the faster one is
+    used, and the other every ``explore_every``-th batch so a change is noticed.
+    """
+
+    ARMS = ("pad", "separate")
+
+    def __init__(self, warmup: int = 8, explore_every: int = 16, decay: float = 0.8):
+        self.warmup, self.explore_every, self.decay = warmup, explore_every, decay
+        self.rate: Dict[str, float] = {}
+        self.samples: Dict[str, int] = {arm: 0 for arm in self.ARMS}
+        self.batches = 0
+
+    def best(self) -> Optional[str]:
+        if min(self.samples.values()) < self.warmup:
+            return None
+        return max(self.ARMS, key=lambda arm: self.rate[arm])
+
+    def pick(self) -> str:
+        self.batches += 1
+        best = self.best()
+        if best is None:  # still warming up: the arm with fewer samples (alternating)
+            return min(self.ARMS, key=lambda arm: self.samples[arm])
+        if self.batches % self.explore_every == 0:
+            return next(arm for arm in self.ARMS if arm != best)
+        return best
+
+    def record(self, arm: str, tokens: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        rate = tokens / seconds
+        previous = self.rate.get(arm)
+        self.rate[arm] = rate if previous is None else self.decay * previous + (1 - self.decay) * rate
+        self.samples[arm] += 1
+
+    def describe(self) -> str:
+        if not self.rate:
+            return "no mixed batch yet"
+        rates = ", ".join(f"{arm} {self.rate[arm]:.0f} tokens/s" for arm in self.ARMS if arm in self.rate)
+        best = self.best()
+        return f"{'using ' + best if best else 'measuring'} ({rates})"
+
+
 @dataclass
 class MixedLengthPolicy:
     """What the backend does with requests of different lengths, decided at load."""
@@ -254,7 +304,8 @@ class MixedLengthPolicy:
     plan: Optional[PaddingPlan] = None
     cost: Optional[CostModel] = None
     reason: str = ""  # why padding is off, or the probe's figures
-    padded_calls: int = field(default=0)
+    #: auto only: padding kept while it measures faster than one call per length.
+    live: Optional[LiveChooser] = None
 
     @property
     def pads(self) -> bool:
@@ -263,7 +314,8 @@ class MixedLengthPolicy:
     def describe(self) -> str:
         if not self.pads:
             return f"mixed lengths: one provider call per length ({self.reason})"
-        how = "always padded into one call" if self.mode == "pad" else f"padded where cheaper ({self.cost.describe()})"
+        how = "always padded into one call" if self.mode == "pad" else (
+            f"padded where cheaper ({self.cost.describe()}; kept while faster than one call per length on live traffic)")
         return (f"mixed lengths: {how} along {self.plan.symbol!r}, padding masked by {self.plan.mask!r}; "
                 f"outputs cut back: {', '.join(self.plan.output_axes) or 'none'}")
 
@@ -297,5 +349,6 @@ def choose_policy(mode: str, run: Callable[[Dict[str, np.ndarray]], Mapping[str,
         return MixedLengthPolicy("separate", reason=f"padding probe failed: {' '.join(str(exc).split())[:200]}")
     if changed:
         return MixedLengthPolicy("separate", reason=f"padding changes the answer: {changed}")
-    cost = fit_cost_model(run, feeds_of, (short, long)) if mode == "auto" else None
-    return MixedLengthPolicy(mode, plan=plan, cost=cost)
+    if mode == "pad":
+        return MixedLengthPolicy(mode, plan=plan)
+    return MixedLengthPolicy(mode, plan=plan, cost=fit_cost_model(run, feeds_of, (short, long)), live=LiveChooser())

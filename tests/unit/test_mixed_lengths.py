@@ -13,7 +13,7 @@ from portable_ep.backends.onnxruntime_cpu import OnnxRuntimeCpuProvider
 from portable_ep.models.tiny import build_bag_of_words
 from portable_ep.python_backend.batching import BatchExecutor
 from portable_ep.python_backend.mixed_lengths import (
-    CostModel, Item, MixedLengthConfigError, choose_policy, find_padding_plan, plan_groups,
+    CostModel, Item, LiveChooser, MixedLengthConfigError, MixedLengthPolicy, choose_policy, find_padding_plan, plan_groups,
 )
 from portable_ep.python_backend.model_config import ServingConfig, TensorSpec
 
@@ -155,3 +155,47 @@ def test_a_failing_padded_batch_falls_back_to_requests_one_by_one(tmp_path):
     served = executor.execute([good, bad])
     np.testing.assert_allclose(served[0]["logits"], session.run(good)["logits"], rtol=1e-6)
     assert isinstance(served[1], Exception) and "failed on this request" in str(served[1])
+
+
+def test_live_chooser_keeps_the_faster_arm_and_keeps_checking_the_other():
+    chooser = LiveChooser(warmup=3, explore_every=5)
+    picks = []
+    for _ in range(40):
+        arm = chooser.pick()
+        picks.append(arm)
+        chooser.record(arm, tokens=1000, seconds=0.001 if arm == "pad" else 0.002)
+    assert picks[:6].count("pad") == picks[:6].count("separate") == 3  # warm-up alternates
+    assert chooser.best() == "pad" and "using pad" in chooser.describe()
+    later = picks[6:]
+    assert later.count("separate") == sum(1 for n in range(7, 41) if n % 5 == 0)  # only the exploration batches
+
+
+class SleepySession:
+    """A runtime whose call costs ``per_call`` s plus ``per_token`` s per (padded) token."""
+
+    provider = "fake"
+    inputs = ()
+    outputs = ()
+
+    def __init__(self, per_call: float, per_token: float):
+        self.per_call, self.per_token = per_call, per_token
+
+    def run(self, feeds):
+        import time
+
+        ids = feeds["input_ids"]
+        time.sleep(self.per_call + self.per_token * ids.size)
+        return {"logits": np.zeros((ids.shape[0], 3), np.float32), "token_logits": np.zeros((*ids.shape, 3), np.float32)}
+
+
+@pytest.mark.parametrize("per_call, per_token, faster", [(0.004, 0.0, "pad"), (0.0, 40e-6, "separate")])
+def test_auto_settles_on_whichever_runs_faster_on_live_batches(per_call, per_token, faster):
+    session = SleepySession(per_call, per_token)
+    executor = BatchExecutor(CONFIG, session, input_shapes=INPUTS)
+    plan, _ = find_padding_plan(INPUTS, OUTPUTS, DTYPES, batched=True)
+    # A cost model that always pads, so every batch is a choice between the two arms.
+    executor.mixed = MixedLengthPolicy("auto", plan=plan, cost=CostModel(1.0, 0.0), live=LiveChooser(warmup=4))
+    requests = [_request(length, seed) for seed, length in enumerate((10, 40, 70, 100))]
+    for _ in range(20):
+        executor.execute(requests)
+    assert executor.mixed.live.best() == faster, executor.mixed.live.describe()
