@@ -210,14 +210,15 @@ class BatchExecutor:
             lengths = {p.index: policy.plan.length(p.feeds) for p in group}
             by_index = {p.index: p for p in group}
             items = [Item(p.index, p.batch, lengths[p.index]) for p in group]
-            plan = plan_groups(items, policy.cost, policy.mode)
+            calls = plan_groups(items, policy.cost, policy.mode)
             arm = None
-            if policy.live is not None and any(len({i.length for i in g}) > 1 for g in plan):
+            if policy.live is not None and any(len({i.length for i in call}) > 1 for call in calls):
+                # The plan pads: run it, or one call per length, whichever measures faster live.
                 arm = policy.live.pick()
                 if arm == "separate":
-                    plan = plan_groups(items, None, "separate")
+                    calls = plan_groups(items, None, "separate")
             started = time.perf_counter()
-            for planned in plan:
+            for planned in calls:
                 members = [by_index[item.index] for item in planned]
                 self._run_group(members, results, lengths)
             if arm is not None:
