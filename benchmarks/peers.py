@@ -22,9 +22,9 @@ served by:
 
 Each cell is measured once per round (two by default) with the systems in a rotated
 order, and the median is reported; the raw figures are the mean of a run before the
-servers start and one after they stop. Every server gets the same dynamic batcher (max_batch_size 8, queue delay 0) and the
-same runtime settings (benchmarks/peer_runtime.py: ONNX Runtime with spinning off,
-OpenVINO at f32). Traffic: fixed (every request 128 tokens) and mixed (16..128 tokens,
+servers start and one after they stop. Every server gets the same dynamic batcher
+(max_batch_size 8, queue delay 0) and the same runtime settings (benchmarks/peer_runtime.py:
+ONNX Runtime's defaults, intra-op spinning on; OpenVINO at f32). Traffic: fixed (every request 128 tokens) and mixed (16..128 tokens,
 uniform, seeded), each at concurrency 1, 8 and 16, servers measured in rotation. The
 load generator (benchmarks/peer_load.py, asyncio gRPC) runs on the same cores as the
 servers; its CPU share is printed.
@@ -301,6 +301,7 @@ def measure_provider(workdir: Path, bundle: Path, model: Model, provider: str, s
                             result = drive(urls[system], MODEL_NAMES[system], prepared[kind], model.output, concurrency,
                                            settings.warmup_s, settings.seconds)
                         samples.setdefault((kind, concurrency, system), []).append(result.as_dict())
+        calls = calls_of(server.metrics_text(), MODEL_NAMES[PEP])
     with console.status(f"{model.key} {provider}: the runtime in-process, after the servers"):
         raw_after = raw_figures(bundle, model, provider, requests["fixed"], requests["mixed"], settings)
     raw = {key: (raw_before[key] + raw_after[key]) / 2 for key in raw_before}
@@ -311,7 +312,17 @@ def measure_provider(workdir: Path, bundle: Path, model: Model, provider: str, s
             cells.append({"provider": provider, "traffic": kind, "concurrency": concurrency, "systems": systems,
                           "runs": {s: runs for (k, c, s), runs in samples.items() if (k, c) == (kind, concurrency)}})
     return {"model": model.key, "title": model.title, "provider": provider, "cells": cells, "raw": raw,
-            "raw_before_after": [raw_before, raw_after]}
+            "raw_before_after": [raw_before, raw_after], "portable_ep_calls": calls}
+
+
+def calls_of(metrics: str, model_name: str) -> dict:
+    """The served model's runtime calls over the whole run, and how many of them were padded."""
+    found = {}
+    for line in metrics.splitlines():
+        for metric, key in (("portable_ep_provider_calls_total", "calls"), ("portable_ep_padded_calls_total", "padded")):
+            if line.startswith(metric + "{") and f'model="{model_name}"' in line:
+                found[key] = found.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return found
 
 
 def _median(runs: Sequence[dict]) -> dict:
@@ -363,6 +374,10 @@ def print_provider(result: dict) -> None:
     console.print("  raw in-process: " + ", ".join(f"{k} {v:.1f}" for k, v in raw.items()))
     bound = ", ".join(f"c{r['concurrency']} {r['served/offline']:.2f}" for r in ratios(result) if r["served/offline"])
     console.print(f"  mixed, served / offline length-sorted batches (a bound no online server reaches): {bound}")
+    calls = result.get("portable_ep_calls")  # absent in results written before it was recorded
+    if calls:
+        console.print(f"  portable-ep (auto) runtime calls: {calls.get('calls', 0)}, of them padded (several lengths "
+                      f"in one call): {calls.get('padded', 0)}")
 
 
 def goals(results: Sequence[dict]) -> List[dict]:

@@ -17,7 +17,7 @@ from peer_load import drive, prepare  # noqa: E402
 from peer_runtime import model_file, open_runtime  # noqa: E402
 from peers import (  # noqa: E402
     HANDWRITTEN, MODEL_NAMES, MODELS, PEP, PEP_SEPARATE, PYTRITON, Settings, build_repository, ensure_model_bundle,
-    pytriton_server, traffic,
+    calls_of, pytriton_server, traffic,
 )
 
 from portable_ep.client import infer_once  # noqa: E402
@@ -46,3 +46,6 @@ def test_every_peer_serves_the_same_answers_as_the_runtime(tmp_path):
             # The load generator drives each of them (a second of it: figures are the benchmark's job).
             result = drive(url, MODEL_NAMES[system], prepare(requests), model.output, concurrency=2, warmup_s=0.2, seconds=1.0)
             assert result.completed > 0 and result.p50_ms > 0, system
+        # The benchmark reports how many of portable-ep's runtime calls were padded: the counters it reads exist.
+        calls = calls_of(server.metrics_text(), MODEL_NAMES[PEP])
+        assert calls["calls"] >= len(requests) and 0 <= calls["padded"] <= calls["calls"], calls
