@@ -207,6 +207,12 @@ class BatchExecutor:
             if policy is None:
                 self._run_group(group, results)
                 continue
+            if policy.plan.mask not in group[0].feeds:
+                # The mask is optional in this config and these requests left it out: padding them
+                # would attend to the padding, so only equal shapes share a call.
+                for same_shape in group_requests(group, self.config.batched):
+                    self._run_group(same_shape, results)
+                continue
             lengths = {p.index: policy.plan.length(p.feeds) for p in group}
             by_index = {p.index: p for p in group}
             items = [Item(p.index, p.batch, lengths[p.index]) for p in group]

@@ -157,6 +157,25 @@ def test_a_failing_padded_batch_falls_back_to_requests_one_by_one(tmp_path):
     assert isinstance(served[1], Exception) and "failed on this request" in str(served[1])
 
 
+def test_requests_without_an_optional_mask_are_never_padded_and_harm_no_other(tmp_path):
+    """A config may mark the mask optional; a request that leaves it out is not padded (nothing would
+    mask the padding) and its failure is its own: the masked requests beside it are answered."""
+    import dataclasses
+
+    session = _session(tmp_path, masked=True)
+    optional_mask = dataclasses.replace(CONFIG, inputs=(CONFIG.inputs[0], dataclasses.replace(CONFIG.inputs[1], optional=True)))
+    executor = BatchExecutor(optional_mask, session, input_shapes=INPUTS)
+    executor.mixed = _policy(session, "pad")
+    with_mask = [_request(5, 1), _request(9, 2)]
+    without = [{"input_ids": _request(length, 3)["input_ids"]} for length in (7, 4)]
+    served = executor.execute([with_mask[0], without[0], with_mask[1], without[1]])
+    for request, result in zip(with_mask, (served[0], served[2])):
+        np.testing.assert_allclose(result["logits"], session.run(request)["logits"], rtol=1e-5, atol=1e-6)
+    for result in (served[1], served[3]):  # this graph needs its mask: the runtime refuses, per request
+        assert isinstance(result, Exception) and "failed on this request" in str(result)
+    assert executor.padded_calls == 1  # only the two masked requests shared a padded call
+
+
 def test_live_chooser_keeps_the_faster_arm_and_keeps_checking_the_other():
     chooser = LiveChooser(warmup=3, explore_every=5)
     picks = []
