@@ -426,18 +426,27 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
             extra = exporter.build(fmt, precision, calibration) if (fmt, precision) != ("onnx", "fp32") else {}
             if (fmt, precision) == ("onnx", "fp32"):
                 extra = {"opset": onnx_variants.default_domain_opset(exporter.model)}
+            fused_auto = extra.get("quantization") == "dynamic-fused" and options.int8_mode == "auto"
             with stages.stage(f"measure {fmt} {precision}"):
-                accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
-                                           DEFAULT_BUDGETS[precision], logits, batched)
+                try:
+                    accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
+                                               DEFAULT_BUDGETS[precision], logits, batched)
+                except Exception as exc:
+                    if not fused_auto:
+                        raise
+                    # The fused graph built but ONNX Runtime cannot run it (a contrib op on an unusual
+                    # shape): auto still has the static recipe.
+                    accuracy, missed = None, [f"ONNX Runtime cannot run it: {one_line(exc)}"]
             if missed and (fmt, precision) == ("onnx", "fp32") and exporter.opset_note.get("upgraded_to"):
                 exporter.restore_original_opset(f"the opset {exporter.opset_note['upgraded_to']} graph missed the fp32 budget: {missed[0]}")
                 extra = {"opset": onnx_variants.default_domain_opset(exporter.model)}
                 accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
                                            DEFAULT_BUDGETS[precision], logits, batched)
-            if missed and extra.get("quantization") == "dynamic-fused" and options.int8_mode == "auto":
+            if missed and fused_auto:
                 # Dynamic int8 quantizes activations per call, which some models' outliers do not survive:
                 # auto falls back to calibrated static QDQ and says why.
-                why = f"dynamic-fused int8 missed the budget ({missed[0]}); static QDQ instead"
+                failed = accuracy is None
+                why = f"dynamic-fused int8 {'failed' if failed else 'missed the budget'} ({missed[0]}); static QDQ instead"
                 remove_variant_files(work, file)
                 extra = {**exporter.int8_onnx(work / FILES["onnx", "fp32"], work / file, calibration, "static"), "note": why}
                 with stages.stage(f"measure {fmt} {precision} (static)"):

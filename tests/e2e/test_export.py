@@ -306,6 +306,29 @@ def test_int8_auto_falls_back_to_static_qdq_when_dynamic_misses_the_budget(tmp_p
     assert int8["note"].startswith("dynamic-fused int8 missed the budget (") and "static QDQ instead" in int8["note"]
 
 
+def test_int8_auto_falls_back_to_static_qdq_when_the_fused_graph_cannot_run(tmp_path, hf_folders, monkeypatch):
+    import onnx
+    from onnx import helper
+
+    from portable_ep.exporters import onnx_variants
+
+    def unrunnable(source, dest):  # builds, but holds an op no runtime has
+        model = onnx.load(str(source))
+        last = model.graph.output[0].name
+        model.graph.node.append(helper.make_node("NoSuchOp", [last], [last + "_x"], domain="com.example"))
+        model.graph.output[0].name = last + "_x"
+        model.opset_import.append(helper.make_opsetid("com.example", 1))
+        onnx.save(model, str(dest))
+        return {"fused_ops": {"Attention": 2}}
+
+    monkeypatch.setattr(onnx_variants, "quantize_dynamic_fused", unrunnable)
+    result = export_bundle(hf_folders["bert"], tmp_path / "bert", ExportOptions(
+        sequence_length=16, formats=("onnx",), precisions=("fp32", "int8"), progress=False))
+    int8 = next(v for v in result.manifest["variants"] if v["precision"] == "int8")
+    assert int8["quantization"] == "static-qdq" and int8["within_budget"] and int8["status"] == "ok"
+    assert int8["note"].startswith("dynamic-fused int8 failed (ONNX Runtime cannot run it: ") and "static QDQ instead" in int8["note"]
+
+
 @pytest.mark.parametrize("mask", ["right-padded", "left-padded", "gap"])
 def test_fused_int8_reads_the_attention_mask_as_given(bundles, mask):
     """The fused Attention must honour any mask, not only right padding: left-padded and gapped masks

@@ -13,7 +13,8 @@ from portable_ep.backends.onnxruntime_cpu import OnnxRuntimeCpuProvider
 from portable_ep.models.tiny import build_bag_of_words
 from portable_ep.python_backend.batching import BatchExecutor
 from portable_ep.python_backend.mixed_lengths import (
-    CostModel, Item, LiveChooser, MixedLengthConfigError, MixedLengthPolicy, choose_policy, find_padding_plan, plan_groups,
+    CostModel, Item, LiveChooser, MixedLengthConfigError, MixedLengthPolicy, choose_policy, find_padding_plan,
+    padding_changes_outputs, plan_groups,
 )
 from portable_ep.python_backend.model_config import ServingConfig, TensorSpec
 
@@ -174,6 +175,17 @@ def test_requests_without_an_optional_mask_are_never_padded_and_harm_no_other(tm
     for result in (served[1], served[3]):  # this graph needs its mask: the runtime refuses, per request
         assert isinstance(result, Exception) and "failed on this request" in str(result)
     assert executor.padded_calls == 1  # only the two masked requests shared a padded call
+
+
+def test_a_probe_that_answers_nan_does_not_prove_padding_safe(tmp_path):
+    plan, _ = find_padding_plan(INPUTS, OUTPUTS, DTYPES, batched=True)
+
+    def nan_model(feeds):
+        rows, length = feeds["input_ids"].shape
+        return {"logits": np.full((rows, 3), np.nan, np.float32), "token_logits": np.full((rows, length, 3), np.nan, np.float32)}
+
+    for exact in (True, False):
+        assert "when padded" in padding_changes_outputs(nan_model, plan, _request(16, 0), 64, exact)
 
 
 def test_live_chooser_keeps_the_faster_arm_and_keeps_checking_the_other():
