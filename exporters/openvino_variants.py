@@ -29,12 +29,18 @@ def quantize_int8(onnx_path: Path, xml_path: Path, calibration: Feeds, *, transf
 
     telemetry.silence()
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
     items = list(model_calls(calibration, batched, batch))
     quantized = nncf.quantize(
         _read(onnx_path),
         nncf.Dataset(items),
         subset_size=rows(calibration),
         model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+        # 7-bit weights in every layer (NNCF's default fixes the first layer only): a CPU
+        # without VNNI sums u8*s8 pairs with int16 saturation, and an IR exported on a VNNI
+        # machine may be served on one without.
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
     )
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
