@@ -40,6 +40,8 @@ def choose_auto_precision(provider: Provider, artifacts: ModelArtifacts, options
     order = tuple(provider.auto_precision_order(options))
     formats = tuple(provider.variant_formats)
     passed_over = []
+    note = provider.auto_precision_note(options)
+    note = f" ({note})" if note else ""
     for precision in order:
         variant = artifacts.find(formats, precision)
         if variant is None:
@@ -52,7 +54,7 @@ def choose_auto_precision(provider: Provider, artifacts: ModelArtifacts, options
         reason = (
             f"precision auto -> {precision} on {provider.name}: {variant.describe()}"
             f"{' within budget' + _cosine(variant) if variant.within_budget else ''}; "
-            f"{provider.name}'s order fastest first is {', '.join(order)}{skipped}"
+            f"{provider.name}'s order fastest first is {', '.join(order)}{note}{skipped}"
         )
         return AutoChoice(precision, variant, reason)
     raise ProviderUnavailable(

@@ -91,6 +91,10 @@ class Provider(abc.ABC):
         """
         return ("fp32",)
 
+    def auto_precision_note(self, options: Mapping[str, str]) -> str:
+        """Why :meth:`auto_precision_order` is what it is on this machine, for the log ("" when it is the usual)."""
+        return ""
+
     @abc.abstractmethod
     def probe(self) -> Availability:
         """Is the runtime installed and a device present? Cheap, never raises."""

@@ -137,11 +137,21 @@ class OpenVINOCpuProvider(Provider):
     variant_formats = FORMATS
 
     def auto_precision_order(self, options):
-        # int8 IR is 3.2x fp32 (benchmarks/int8_throughput.py). fp16 IR runs with f32
-        # inference precision here (decompressed weights): fp32 speed, less accuracy.
+        # The int8 IR is 2.9x fp32 on a CPU with VNNI (benchmarks/int8_throughput.py) but
+        # 0.6-0.9x on an AVX2-only one (AMD EPYC, batch 1 and 8): without VNNI OpenVINO's
+        # int8 kernels lose to its fp32 ones, so there fp32 comes first. fp16 IR runs with
+        # f32 inference precision here (decompressed weights): fp32 speed, less accuracy.
         # bf16 is not a stored variant, so the manifest records no accuracy for it and
         # auto never picks it; ask for bf16 explicitly.
-        return ("int8", "fp32", "fp16")
+        if detect_cpu_features().vnni:
+            return ("int8", "fp32", "fp16")
+        return ("fp32", "int8", "fp16")
+
+    def auto_precision_note(self, options):
+        cpu = detect_cpu_features()
+        if cpu.vnni:
+            return ""
+        return f"this CPU ({cpu.model_name or 'unknown'}) has no VNNI, where OpenVINO's int8 measured slower than fp32"
 
     def load(self, request: LoadRequest) -> Session:
         check_supported_precision(self.name, request.precision, tuple(PRECISION_PLAN))
