@@ -75,6 +75,11 @@ def doctor_report(accelerators: List[Accelerator] = None) -> dict:
         entry["reason_kind"] = reason_kind(entry["reason"]) if not entry["ok"] else ""
         entry["emulated"] = "emulated" in entry["devices"]
         entry["summary"] = registry.describe(name)
+        if entry["ok"]:
+            # `precision: auto`'s order on this machine (openvino's depends on VNNI), with its reason.
+            provider = registry.get(name)
+            entry["auto_precision_order"] = list(provider.auto_precision_order({}))
+            entry["auto_precision_note"] = provider.auto_precision_note({})
         providers.append(entry)
     # An emulated device (npu without an NPU) checks a contract; it is no reason to put it first.
     usable = [p["name"] for p in providers if p["ok"] and not p["emulated"]]
@@ -121,3 +126,9 @@ def print_doctor_report(report: dict, console: Console) -> None:
         table.add_row(p["name"], usable, escape(", ".join(p["devices"])), escape(p["reason"] or p["summary"]))
     console.print(table)
     console.print(f"recommended chain: {report['recommended_chain'] or '(none usable)'}")
+    orders = [f"{p['name']} {','.join(p['auto_precision_order'])}" for p in report["providers"] if p.get("auto_precision_order")]
+    if orders:
+        console.print(f"precision auto, fastest first on this machine: {'; '.join(orders)}")
+    for p in report["providers"]:
+        if p.get("auto_precision_note"):
+            console.print(f"  {p['name']}: {escape(p['auto_precision_note'])}")

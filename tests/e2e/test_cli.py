@@ -115,3 +115,9 @@ def test_doctor_json_describes_this_machine():
 
     table = subprocess.run(CLI + ["doctor"], capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
     assert f"AMX: {'yes' if cpu['amx'] else 'no'}" in table and "recommended chain:" in table
+    # precision auto: openvino's int8 IR first only where the CPU has VNNI (measured slower without).
+    openvino_first = "int8" if cpu["vnni"] else "fp32"
+    assert providers["openvino"]["auto_precision_order"][0] == openvino_first
+    assert providers["cpu"]["auto_precision_order"][0] == "int8"
+    assert f"openvino {openvino_first}," in table
+    assert ("has no VNNI" in table) == (not cpu["vnni"])
