@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Mapping, Optional, Sequence, Tuple
+
+from portable_ep.backends.routes import routes_of_entry
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -39,6 +41,8 @@ class Variant:
     accuracy: dict = field(default_factory=dict, compare=False, hash=False)
     #: How an int8 variant was quantized (manifest "quantization": static-qdq, dynamic, dynamic-fused, ...).
     quantization: str = field(default="", compare=False)
+    #: What export measured per provider reading this file (manifest "routes"; portable_ep.backends.routes).
+    routes: Mapping[str, Mapping] = field(default_factory=dict, compare=False, hash=False)
 
     def describe(self) -> str:
         return f"{self.format} {self.precision} ({self.path.name})"
@@ -118,7 +122,7 @@ def _variants_from_manifest(root: Path, manifest: dict) -> Tuple[Variant, ...]:
         if fmt == "openvino" and not path.with_suffix(".bin").is_file():
             raise ModelFilesNotFound(f"{path} has no {path.with_suffix('.bin').name} beside it; copy the whole bundle")
         variants.append(Variant(fmt, precision, path, entry.get("within_budget"), entry.get("accuracy") or {},
-                                entry.get("quantization") or ""))
+                                entry.get("quantization") or "", routes_of_entry(entry)))
     if not variants:
         raise ModelFilesNotFound(f"{root / MANIFEST_NAME} lists no variant that export could build; re-export the model")
     return tuple(variants)

@@ -13,6 +13,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from portable_ep.backends.artifacts import ModelArtifacts, Variant
+from portable_ep.backends.routes import ALLOW_UNMEASURED, OUT_OF_BUDGET, route_verdict
 
 Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
 
@@ -56,6 +57,9 @@ class LoadRequest:
     #: Instances of the model loaded side by side (each its own process and session):
     #: a provider may size or tune its threads by it.
     instances: int = 1
+    #: Serve a route export measured out of budget (the operator asked for it by name:
+    #: parameter ``allow_unmeasured``); see :mod:`portable_ep.backends.routes`.
+    allow_unmeasured: bool = False
 
 
 class Session(abc.ABC):
@@ -69,6 +73,9 @@ class Session(abc.ABC):
     precision: str = "fp32"
     inputs: Sequence[TensorInfo] = ()
     outputs: Sequence[TensorInfo] = ()
+    #: The bundle variant the session runs (set by the provider that chose it): with the
+    #: provider and precision it names the route whose measurement decides if it may serve.
+    variant: Optional[Variant] = None
 
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
@@ -132,8 +139,18 @@ def option_as_int(options: Mapping[str, str], key: str, provider: str) -> Option
 
 
 def select_variant(provider: str, request: LoadRequest, formats: Sequence[str], stored_precision: str) -> Variant:
-    """The model variant a provider runs, or ProviderUnavailable saying which one is missing."""
+    """The model variant a provider runs, or ProviderUnavailable saying which one is missing.
+
+    A route export measured out of budget for this provider is refused here, before the
+    runtime spends time loading it, unless the operator allowed it by name.
+    """
     variant = request.artifacts.find(formats, stored_precision)
     if variant is None:
         raise ProviderUnavailable(request.artifacts.missing(provider, formats, stored_precision))
+    verdict = route_verdict(variant.routes, provider, variant.precision, request.precision)
+    if verdict.status == OUT_OF_BUDGET and not request.allow_unmeasured:
+        raise ProviderUnavailable(
+            f"the export measured {provider} on {variant.path.name} ({request.precision}) {verdict.describe()}: "
+            f"not served (set parameter {ALLOW_UNMEASURED}=true, `repo add --allow-unmeasured`, to serve it anyway)"
+        )
     return variant

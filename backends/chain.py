@@ -30,6 +30,8 @@ class ChainResolution:
     provider: str
     session: Session
     skipped: List[SkippedProvider] = field(default_factory=list)
+    #: What the chain's ``accept`` said of the chosen session (e.g. how its route was measured).
+    note: object = None
 
 
 class NoProviderAvailable(RuntimeError):
@@ -60,10 +62,14 @@ def resolve_provider_chain(
     chain: Sequence[str],
     make_request: Callable[[str], LoadRequest],
     registry: Optional[ProviderRegistry] = None,
+    accept: Optional[Callable[[str, Session], object]] = None,
 ) -> ChainResolution:
     """Probe and load each provider in order; return the first session that loads.
 
     ``make_request(name)`` builds the provider's LoadRequest (its own options differ).
+    ``accept(name, session)``, when given, judges a loaded session before it is chosen:
+    it returns a note for the log (kept as ``ChainResolution.note``) or raises
+    :class:`ProviderUnavailable`, and the chain closes the session and goes on.
     """
     registry = registry or default_registry()
     skipped: List[SkippedProvider] = []
@@ -74,6 +80,13 @@ def resolve_provider_chain(
             if not availability.ok:
                 raise ProviderUnavailable(availability.reason)
             session = provider.load(make_request(name))
+            note = None
+            if accept is not None:
+                try:
+                    note = accept(name, session)
+                except BaseException:
+                    session.close()
+                    raise
         except ProviderUnavailable as exc:
             skipped.append(SkippedProvider(name, str(exc)))
             continue
@@ -81,7 +94,7 @@ def resolve_provider_chain(
             first_line = (str(exc).strip().splitlines() or [""])[0]
             skipped.append(SkippedProvider(name, f"failed to load the model: {type(exc).__name__}: {first_line}"))
             continue
-        return ChainResolution(provider=name, session=session, skipped=skipped)
+        return ChainResolution(provider=name, session=session, skipped=skipped, note=note)
     raise NoProviderAvailable(skipped)
 
 

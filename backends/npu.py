@@ -258,6 +258,7 @@ class NpuProvider(Provider):
         session = NpuSession(lambda: core.compile_model(model, target, config), request.precision, device, description)
         if cache is not None and _loaded_from_cache(session._model.compiled):
             session.description += f", compiled blob from cache {cache}"
+        session.variant = variant
         return session
 
 

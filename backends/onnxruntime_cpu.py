@@ -42,7 +42,7 @@ class OnnxRuntimeCpuProvider(Provider):
         check_supported_precision(self.name, request.precision, PRECISIONS)
         variant = select_variant(self.name, request, self.variant_formats, request.precision)
         ort = import_onnxruntime(self.name, INSTALL_HINT)
-        return OnnxRuntimeSession(
+        session = OnnxRuntimeSession(
             ort,
             variant.path,
             ["CPUExecutionProvider"],
@@ -51,3 +51,5 @@ class OnnxRuntimeCpuProvider(Provider):
             precision=request.precision,
             device="cpu",
         )
+        session.variant = variant
+        return session

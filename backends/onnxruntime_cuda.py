@@ -186,4 +186,5 @@ class OnnxRuntimeCudaProvider(Provider):
                 f"driver: onnxruntime could not start {what} and fell back to {session.active_providers[0]} "
                 f"(session providers {list(session.active_providers)}); {fix}"
             )
+        session.variant = variant
         return session

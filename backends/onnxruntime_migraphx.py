@@ -112,4 +112,5 @@ class OnnxRuntimeMIGraphXProvider(Provider):
                 "driver: onnxruntime could not start MIGraphX and fell back to CPU "
                 f"(session providers {list(session.active_providers)}); check the ROCm/MIGraphX libraries and /dev/kfd access"
             )
+        session.variant = variant
         return session

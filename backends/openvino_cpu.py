@@ -162,7 +162,7 @@ class OpenVINOCpuProvider(Provider):
                     f"bf16 needs native BF16 (AMX or AVX-512 BF16) and this CPU ({cpu.model_name}) has neither; use precision fp32"
                 )
         stored, hint = PRECISION_PLAN[request.precision]
-        model_path = select_variant(self.name, request, self.variant_formats, stored).path
+        variant = select_variant(self.name, request, self.variant_formats, stored)
         config = {"INFERENCE_PRECISION_HINT": hint}
         unknown = sorted(set(request.options) - set(OPTION_PROPERTIES))
         if unknown:
@@ -173,4 +173,6 @@ class OpenVINOCpuProvider(Provider):
         for key, value in request.options.items():
             config[OPTION_PROPERTIES[key]] = value
         ov = _import_openvino()
-        return OpenVINOSession(ov, model_path, config, request.precision)
+        session = OpenVINOSession(ov, variant.path, config, request.precision)
+        session.variant = variant
+        return session

@@ -78,4 +78,5 @@ class OnnxRuntimeOpenVINOProvider(Provider):
                 f"driver: onnxruntime could not start {EP_NAME} on {device_type} and fell back to CPU "
                 f"(session providers {list(session.active_providers)}); check ort-openvino.device_type and the OpenVINO libraries"
             )
+        session.variant = variant
         return session

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from portable_ep.backends.artifacts import FORMATS, MANIFEST_NAME
+from portable_ep.backends.routes import ROUTE_OF_FORMAT, route_entry
 from portable_ep.exporters import onnx_variants, openvino_variants
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS
 from portable_ep.exporters.errors import ExportError, one_line
@@ -310,8 +311,9 @@ class _Exporter:
         elif fmt == "openvino" and precision == "int8":
             n = rows(calibration)
             with self.stages.stage("OpenVINO IR int8 (NNCF)"):
-                openvino_variants.quantize_int8(base, dest, calibration, transformer=self.is_transformer(), batched=batched)
-            extra.update(quantization="nncf-ptq", calibration_samples=n)
+                bits = openvino_variants.quantize_int8(base, dest, calibration, transformer=self.is_transformer(),
+                                                       batched=batched)
+            extra.update(quantization="nncf-ptq", calibration_samples=n, weight_bits=bits)
         if fmt == "onnx":
             import onnx
 
@@ -460,7 +462,9 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
             variants.append({**entry, "file": None, "status": "failed", "error": message, "within_budget": False})
             problems.append(f"{fmt} {precision}: failed: {message}")
             continue
-        entry.update(file_entry(work, file), **extra, accuracy=accuracy, within_budget=not missed)
+        entry.update(file_entry(work, file), **extra, accuracy=accuracy, within_budget=not missed,
+                     routes={ROUTE_OF_FORMAT[fmt]: route_entry(not missed, missed,
+                                                               requires_cpu="vnni" if extra.get("weight_bits") == 8 else "")})
         if not missed:
             entry["status"] = "ok"
         else:
@@ -471,6 +475,8 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                 remove_variant_files(work, file)
                 entry["file"] = None
         variants.append(entry)
+    if "openvino" in options.formats:
+        problems.extend(measure_openvino_on_onnx(work, variants, reference, golden, logits, batched, stages))
     if "onnx" not in options.formats:
         # The fp32 ONNX was only the stepping stone to the IR.
         remove_variant_files(work, FILES["onnx", "fp32"])
@@ -511,6 +517,34 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
     manifest["files"] = bundle_file_sums(work, variants)
     write_manifest(work, manifest)
     return ExportResult(out, manifest, problems)
+
+
+def measure_openvino_on_onnx(work: Path, variants: List[dict], reference: Feeds, golden: Feeds, logits, batched: bool,
+                             stages: Stages) -> List[str]:
+    """Record what OpenVINO answers when it reads an ONNX variant whose IR was left out (failed or out of budget).
+
+    The ``openvino`` provider reads the ONNX file when a precision has no IR, a route
+    export would otherwise never have measured (docs/bundle.md "Routes"). Measured here,
+    the verdict goes into the ONNX variant's ``routes`` table, so the server refuses that
+    route by name instead of serving answers nobody checked. Returns a warning per route that missed.
+    """
+    problems = []
+    servable_ir = {v["precision"] for v in variants if v["format"] == "openvino" and v.get("file") and v["status"] != "failed"}
+    for entry in variants:
+        if entry["format"] != "onnx" or not entry.get("file") or entry["precision"] in servable_ir:
+            continue
+        precision = entry["precision"]
+        with stages.stage(f"measure openvino on {entry['file']}"):
+            try:
+                _, missed = measure(work, "onnx", precision, work / entry["file"], reference, golden,
+                                    DEFAULT_BUDGETS[precision], logits, batched, provider="openvino")
+            except Exception as exc:  # noqa: BLE001 - OpenVINO that cannot run the file is a verdict too
+                missed = [f"OpenVINO cannot run it: {one_line(exc)}"]
+        entry["routes"]["openvino"] = route_entry(not missed, missed)
+        if missed:
+            problems.append(f"openvino reading {entry['file']} ({precision}, the route it takes without the IR): "
+                            f"{missed[0]}; the server will not serve that route")
+    return problems
 
 
 def bundle_file_sums(work: Path, variants: List[dict]) -> Dict[str, str]:

@@ -294,6 +294,7 @@ def export_generative(source, out_dir, options: Optional[GenerativeOptions] = No
 
 def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, stages: Stages) -> GenerativeResult:
     from portable_ep.exporters.bundle import bundle_file_sums, remove_variant_files
+    from portable_ep.backends.routes import route_entry
     from portable_ep.exporters.verify import RUNTIME_OF_FORMAT, variant_session
     from portable_ep.generation.tokenizer import BundleTokenizer
 
@@ -335,7 +336,8 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
             continue
         missed = budget_problems(accuracy, BUDGETS[precision])
         entry.update(file_entry(work, file), **extra, accuracy=accuracy, within_budget=not missed,
-                     status="ok" if not missed else "out_of_budget")
+                     status="ok" if not missed else "out_of_budget",
+                     routes={RUNTIME_OF_FORMAT[fmt]: route_entry(not missed, missed)})
         if missed:
             entry["problems"] = missed
             problems.extend(f"{fmt} {precision} ({file}): {line}" for line in missed)

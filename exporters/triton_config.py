@@ -68,11 +68,14 @@ def build_model_config(
                                dims=list(decl.dims) or [1])
             if decl.ragged and field is config.input and max_batch_size > 0:
                 tensor.allow_ragged_batch = True
-            if not decl.dims and max_batch_size > 0:
-                # Triton needs dims: a batched model's per-sample scalar travels as [1], reshaped to [].
+            if not decl.dims and max_batch_size > 0 and field is config.input:
+                # Triton needs dims: a batched model's per-sample scalar input travels as [1], reshaped to [].
                 # (A model that does not batch may not declare a scalar at all: it gets dims [1] and the
                 # backend squeezes it to the model's rank 0.)
                 tensor.reshape.SetInParent()
+            # A per-sample scalar *output* (a classifier's label [batch]) is declared dims [1] without a
+            # reshape: Triton would present a reshaped output as [batch, 1], while without one it sends the
+            # shape the backend returns, the model's own [batch] (the golden outputs' shape).
     if max_batch_size > 0 and dynamic_batching_delay_us is not None:
         config.dynamic_batching.max_queue_delay_microseconds = dynamic_batching_delay_us
     # KIND_GPU gives each instance a device id the cuda provider honours.

@@ -14,18 +14,19 @@ import numpy as np
 
 from portable_ep.backends.artifacts import ModelArtifacts, Variant
 from portable_ep.backends.base import LoadRequest, Session
+from portable_ep.backends.routes import ROUTE_OF_FORMAT
 from portable_ep.exporters.accuracy import compare_outputs
 from portable_ep.exporters.samples import Feeds, run_samples
 
-RUNTIME_OF_FORMAT = {"onnx": "cpu", "openvino": "openvino"}
+RUNTIME_OF_FORMAT = ROUTE_OF_FORMAT
 
 
 @contextmanager
-def variant_session(root: Path, fmt: str, precision: str, file: Path) -> Iterator[Session]:
-    """The variant loaded by the provider that serves its format, closed on exit."""
+def variant_session(root: Path, fmt: str, precision: str, file: Path, provider: str = "") -> Iterator[Session]:
+    """The variant loaded by ``provider`` (default: the one that serves its format), closed on exit."""
     from portable_ep.backends.registry import default_registry
 
-    provider = default_registry().get(RUNTIME_OF_FORMAT[fmt])
+    provider = default_registry().get(provider or RUNTIME_OF_FORMAT[fmt])
     artifacts = ModelArtifacts(root=root, variants=(Variant(fmt, precision, file),))
     session = provider.load(LoadRequest(artifacts=artifacts, precision=precision))
     try:
@@ -35,21 +36,22 @@ def variant_session(root: Path, fmt: str, precision: str, file: Path) -> Iterato
 
 
 def run_variant(root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, batched: bool = True,
-                batch: int = 8) -> Dict[str, np.ndarray]:
-    """Every sample of ``feeds`` (in the layout of exporters/samples.py) through the provider of ``fmt``."""
-    with variant_session(root, fmt, precision, file) as session:
+                batch: int = 8, provider: str = "") -> Dict[str, np.ndarray]:
+    """Every sample of ``feeds`` (in the layout of exporters/samples.py) through ``provider`` (default: ``fmt``'s)."""
+    with variant_session(root, fmt, precision, file, provider) as session:
         return run_samples(session.run, feeds, batched, batch)
 
 
 def measure(
     root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, golden: Mapping[str, np.ndarray],
-    budget: Mapping[str, float], logits_outputs: Sequence[str], batched: bool = True,
+    budget: Mapping[str, float], logits_outputs: Sequence[str], batched: bool = True, provider: str = "",
 ) -> Tuple[dict, list]:
-    """(the manifest's ``accuracy`` entry, [budget violation lines])."""
-    outputs = run_variant(root, fmt, precision, file, feeds, batched)
+    """(the manifest's ``accuracy`` entry, [budget violation lines]) of ``file`` run by ``provider`` (default: ``fmt``'s)."""
+    provider = provider or RUNTIME_OF_FORMAT[fmt]
+    outputs = run_variant(root, fmt, precision, file, feeds, batched, provider=provider)
     results, problems = compare_outputs(golden, outputs, budget, precision, logits_outputs)
     entry = {
-        "runtime": f"{RUNTIME_OF_FORMAT[fmt]} provider",
+        "runtime": f"{provider} provider",
         "outputs": {name: acc.as_dict() for name, acc in results.items()},
     }
     return entry, problems

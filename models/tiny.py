@@ -21,11 +21,13 @@ OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime and OpenVINO release we support
 
 
-def _save(graph, path) -> Path:
+def _save(graph, path, opset: int = OPSET) -> Path:
     import onnx
     from onnx import helper
 
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    # opset 20 (StringConcat) needs IR version 9.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=IR_VERSION if opset <= 18 else 9)
     model.producer_name = "portable-ep.models.tiny"
     onnx.checker.check_model(model)
     path = Path(path)
@@ -74,6 +76,43 @@ def build_identity(path, features: int = 16) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])],
     )
     return _save(graph, path)
+
+
+def build_saturating_cast(path, features: int = 16, scale: float = 100.0) -> Path:
+    """``y = float(uint8(x * scale))``: a graph ONNX Runtime and OpenVINO answer differently.
+
+    A float-to-uint8 Cast of an out-of-range value wraps around in ONNX Runtime (300.7 -> 44)
+    and saturates in OpenVINO (-> 255; negative values -> 0), measured with ONNX Runtime 1.32 and
+    OpenVINO 2026.4 on CPU. With standard-normal inputs most values are out of range, so an export
+    measures OpenVINO out of budget on it: the tests' model for routes a provider must not serve.
+    """
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "scale"], ["scaled"]),
+            helper.make_node("Cast", ["scaled"], ["wrapped"], to=TensorProto.UINT8),
+            helper.make_node("Cast", ["wrapped"], ["y"], to=TensorProto.FLOAT),
+        ],
+        "saturating_cast",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale])],
+    )
+    return _save(graph, path)
+
+
+def build_string_concat(path) -> Path:
+    """``y = x + x`` on strings (StringConcat, opset 20): a model that shows what text really reaches it."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("StringConcat", ["x", "x"], ["y"])],
+        "string_concat",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch"])],
+    )
+    return _save(graph, path, opset=20)
 
 
 def build_bag_of_words(path, seed: int = 0, vocab: int = 100, embed: int = 16, classes: int = 3,

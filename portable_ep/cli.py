@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from rich.console import Console
@@ -172,6 +173,12 @@ def _cmd_repo_add(args) -> int:
         parameters=dict(_key_value(item) for item in args.parameter),
     )
     notes: list = []
+    if args.allow_unmeasured:
+        from portable_ep.backends.routes import ALLOW_UNMEASURED
+
+        options.parameters[ALLOW_UNMEASURED] = "true"
+        notes.append(f"{ALLOW_UNMEASURED}=true: a provider may serve a route the export did not measure within budget "
+                     "(nothing vouches for its answers; the server log and `portable-ep check` say so)")
     model_dir = add_to_repository(args.bundle, args.repo, args.name, options, notes)
     for note in notes:
         print(note)
@@ -181,8 +188,6 @@ def _cmd_repo_add(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from pathlib import Path
-
     from portable_ep.check.verdict import UNREACHABLE, CheckError
 
     if args.merge:
@@ -242,6 +247,12 @@ def _cmd_doctor(args) -> int:
     from portable_ep.doctor import doctor_report, print_doctor_report
 
     report = doctor_report()
+    if args.repo:
+        from portable_ep.route_report import repository_routes
+
+        if not Path(args.repo).is_dir():
+            raise SystemExit(f"portable-ep doctor: --repo {args.repo} is not a folder (a Triton model repository)")
+        report["routes"] = repository_routes(args.repo)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -404,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE",
                      help="extra config.pbtxt parameter, repeatable: provider options such as openvino.num_streams=2 "
                      "or npu.static_shapes=input_ids:1x128,attention_mask:1x128")
+    add.add_argument("--allow-unmeasured", action="store_true",
+                     help="let a provider serve a route the export did not measure within budget (e.g. OpenVINO "
+                     "reading model.onnx where the IR was left out, or a route it measured out of budget). By "
+                     "default such a route is measured against the bundle's golden outputs when the model loads and "
+                     "refused if it misses; the chain then falls back to the next provider")
     add.add_argument("--version", type=int, default=1, help="version folder (default: %(default)s)")
     add.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     add.set_defaults(handler=_cmd_repo_add)
@@ -484,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = verbs.add_parser("doctor", help="probe this machine: CPU features, providers usable and why not")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--repo", metavar="REPO_DIR",
+                        help="also list, per model of this Triton model repository and provider of its chain, the "
+                        "variant it would read and what the export measured for that route (within budget, out of "
+                        "budget: skipped, unmeasured: measured at load; allow_unmeasured: served as it is)")
     doctor.set_defaults(handler=_cmd_doctor)
     return parser
 

@@ -132,3 +132,10 @@ def print_doctor_report(report: dict, console: Console) -> None:
     for p in report["providers"]:
         if p.get("auto_precision_note"):
             console.print(f"  {p['name']}: {escape(p['auto_precision_note'])}")
+    if "routes" in report:
+        table = Table(title="routes of the repository's models (what the export measured; see docs/bundle.md)")
+        for column in ("model", "provider", "precision", "file", "route", "at load"):
+            table.add_column(column)
+        for r in report["routes"]:
+            table.add_row(r["model"], r["provider"], r.get("precision", ""), escape(r["file"]), r["status"], escape(r["detail"]))
+        console.print(table)

@@ -65,6 +65,8 @@ class BackendMetrics:
                 # Where the provider really runs, e.g. "cuda:0" or "npu (emulated)".
                 "device": str(getattr(session, "device", "") or ""),
                 "description": session.description,
+                # How the route serving it was measured (python_backend/route_check.py), e.g. "measured-at-export".
+                "route": getattr(resolution.note, "label", "") or "",
             }
         )
         self._info.set(1)

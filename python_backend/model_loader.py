@@ -23,6 +23,7 @@ from portable_ep.backends.chain import split_provider_options
 from portable_ep.backends.dtypes import short_type_name
 from portable_ep.backends.integrity import verify_for_load
 from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
+from portable_ep.python_backend.route_check import allow_unmeasured, judge_route
 from portable_ep.python_backend.request_limits import LimitConfigError, RequestLimits, build_limits, limits_from_onnx
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", AUTO)
@@ -44,8 +45,10 @@ def signature_mismatches(config: ServingConfig, session: Session) -> List[str]:
                     f"{kind} {spec.name!r} is {short_type_name(spec.dtype)} in config.pbtxt but {short_type_name(tensor.dtype)} in the model"
                 )
             model_dims = list(tensor.shape[1:] if config.batched else tensor.shape)
-            if not model_dims and tuple(spec.dims) == (1,) and not config.batched:
-                continue  # a scalar declared dims [1]: Triton has no rank 0 for models that do not batch
+            if not model_dims and tuple(spec.dims) == (1,) and (kind == "output" or not config.batched):
+                # A scalar declared dims [1]: Triton has no rank 0 for models that do not batch, and a
+                # batched model's per-sample scalar output is sent as the model's [batch] (triton_config.py).
+                continue
             if len(model_dims) != len(spec.dims):
                 problems.append(
                     f"{kind} {spec.name!r} has {len(spec.dims)} dims in config.pbtxt "
@@ -145,9 +148,11 @@ def resolve_session(
             choice = choose_auto_precision(registry.get(name), artifacts, options.get(name, {}))
             chosen, auto_reasons[name] = choice.precision, choice.reason
         return LoadRequest(artifacts=artifacts, precision=chosen, options=options.get(name, {}), device_id=device_id,
-                           instances=config.instances)
+                           instances=config.instances, allow_unmeasured=unmeasured_ok)
 
-    resolution = resolve_provider_chain(chain, make_request, registry)
+    unmeasured_ok = allow_unmeasured(config.parameters)
+    resolution = resolve_provider_chain(chain, make_request, registry,
+                                        accept=lambda name, session: judge_route(name, session, artifacts, unmeasured_ok))
     served = resolution.session.precision if precision == AUTO else precision
     return ResolvedSession(resolution, artifacts, served, chain, auto_reasons.get(resolution.provider, ""))
 

@@ -15,6 +15,7 @@ from portable_ep.python_backend.metrics import BackendMetrics
 from portable_ep.python_backend.mixed_lengths import PARAMETER as MIXED_LENGTHS, choose_policy
 from portable_ep.python_backend.model_config import parse_model_config
 from portable_ep.python_backend.model_loader import load_model
+from portable_ep.python_backend.route_check import MEASURED_AT_EXPORT, MEASURED_AT_LOAD
 
 LOG_PREFIX = "portable_ep"
 
@@ -48,6 +49,15 @@ def mixed_length_policy(config, loaded):
         max_dims={symbol: limit.size for symbol, limit in loaded.limits.dims.items()})
 
 
+def log_route(log, where: str, resolution) -> None:
+    """How the serving route was measured: a warning when nothing vouches for its answers."""
+    note = resolution.note
+    if note is None:
+        return
+    measured = note.label in (MEASURED_AT_EXPORT, MEASURED_AT_LOAD)
+    (log.log_info if measured else log.log_warn)(f"{where}: {note.line}")
+
+
 class TritonModel:
     def __init__(self, pb_utils):
         self.pb = pb_utils
@@ -71,6 +81,7 @@ class TritonModel:
         if loaded.auto_reason:
             log.log_info(f"{where}: {loaded.auto_reason}")
         log.log_info(f"{where}: serving on provider {resolution.provider!r}: {resolution.session.description}")
+        log_route(log, where, resolution)
         self.config = config
         self.session = resolution.session
         log.log_info(f"{where}: request limits: {loaded.limits.describe()}")
@@ -96,6 +107,7 @@ class TritonModel:
             log.log_warn(f"{where}: skipped provider {skipped.name!r}: {skipped.reason}")
         log.log_info(f"{where}: generating on provider {resolution.provider!r}: {resolution.session.description}; "
                      f"{loaded.describe_limits()}")
+        log_route(log, where, resolution)
         self.config, self.session = config, resolution.session
         restarts, cause = restart_note(config.parameters)
         if restarts:

@@ -57,6 +57,7 @@ def markdown(report: dict) -> str:
     lines = [f"# portable-ep check: {target.get('label', '?')}", "",
              f"- model `{target.get('model')}` at {target.get('url')} ({target.get('protocol')}), served by "
              f"**{target.get('provider') or '?'}** at **{target.get('precision')}**: {target.get('provider_description') or ''}",
+             f"- route: **{target.get('route') or 'unknown'}** (how the provider's route to the model was measured)",
              f"- verdict: exit {report['verdict']['exit_code']} — {report['verdict']['reason']}", ""]
     lines += [f"- {line}" for line in accuracy_lines(report)]
     latency = report.get("latency")

@@ -27,6 +27,7 @@ class Target:
     provider: Optional[str] = None  # what /metrics says serves it
     provider_description: str = ""
     device: str = ""  # where /metrics says it runs: "cpu", "cuda:0", "npu-emulated", ...
+    route: str = ""  # how /metrics says the serving route was measured: "measured-at-export", "unmeasured-allowed", ...
     parameters: dict = field(default_factory=dict)  # the model config's parameters
     inputs: tuple = ()  # input and output names from the model config
     outputs: tuple = ()
@@ -59,7 +60,7 @@ class Target:
             "label": self.name, "url": self.url, "protocol": self.protocol, "model": self.model,
             "bundle": str(self.bundle) if self.bundle else None, "max_batch_size": self.max_batch_size,
             "precision": self.precision, "providers": self.providers, "provider": self.provider,
-            "provider_description": self.provider_description, "device": self.device,
+            "provider_description": self.provider_description, "device": self.device, "route": self.route,
         }
 
 
@@ -112,6 +113,7 @@ def resolve(target: Target) -> Target:
         if info:
             target.provider, target.provider_description = info["provider"], info["description"]
             target.device = info.get("device", "")
+            target.route = info.get("route", "")
             target.precision = info.get("precision") or target.precision
     except (urllib.error.URLError, OSError):
         pass  # metrics are optional: the report then says the provider is unknown
