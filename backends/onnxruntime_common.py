@@ -73,6 +73,28 @@ def session_options(ort, request: LoadRequest, provider: str, provider_keys: Seq
     return opts
 
 
+def strings_as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """A BYTES tensor as ONNX Runtime's string tensors take it: Python ``str`` elements.
+
+    Triton hands string tensors over as ``bytes``; ONNX Runtime converts any element that
+    is not a ``str`` with ``str()``, so ``b'abc'`` would reach the model as the five
+    characters ``b'abc'`` and the model would answer wrongly without an error. Elements
+    are decoded as UTF-8 (ONNX strings are UTF-8); bytes that are not UTF-8 are refused.
+    """
+    if array.dtype != np.object_ or not any(isinstance(v, (bytes, bytearray)) for v in array.flat):
+        return array
+    text = np.empty(array.shape, dtype=object)
+    for index, value in np.ndenumerate(array):
+        if isinstance(value, (bytes, bytearray)):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"input {name!r} element {list(index)} is not UTF-8 text ({exc.reason} at byte "
+                                 f"{exc.start}); ONNX string tensors hold UTF-8") from None
+        text[index] = value
+    return text
+
+
 class OnnxRuntimeSession(Session):
     def __init__(self, ort, path, providers: Sequence, options, provider_name: str, precision: str, device: str):
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
@@ -82,11 +104,15 @@ class OnnxRuntimeSession(Session):
         self.inputs = _tensor_infos(self._session.get_inputs())
         self.outputs = _tensor_infos(self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
+        self._string_inputs = {t.name for t in self.inputs if t.dtype == np.dtype(np.object_)}
         self.active_providers = tuple(self._session.get_providers())
         self.description = f"ONNX Runtime {ort.__version__} {self.active_providers[0]} on {device}, {precision}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
-        results = self._session.run(self._output_names, dict(feeds))
+        feeds = dict(feeds)
+        for name in self._string_inputs & feeds.keys():
+            feeds[name] = strings_as_text(name, feeds[name])
+        results = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ from typing import Dict, Mapping
 
 import numpy as np
 
-from portable_ep.backends.dtypes import short_type_name
+from tritonclient.utils import np_to_triton_dtype
 
 
 def _module(protocol: str):
@@ -25,7 +25,8 @@ def make_inputs(protocol: str, feeds: Mapping[str, np.ndarray]) -> list:
         if array.ndim == 0:
             # A model's scalar input is declared dims [1] + reshape [] (Triton has no rank-0 wire shape).
             array = array.reshape(1)
-        tensor = module.InferInput(name, list(array.shape), short_type_name(array.dtype))
+        # Triton's wire datatype (strings travel as BYTES, which the config calls TYPE_STRING).
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     return inputs

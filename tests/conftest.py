@@ -12,7 +12,7 @@ import pytest
 # FACTS.md: numpy's OpenBLAS threads beside OpenVINO hung matmuls on these machines.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from portable_ep.models.tiny import build_bag_of_words, build_identity, build_mlp  # noqa: E402
+from portable_ep.models.tiny import build_bag_of_words, build_identity, build_mlp, build_string_concat  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,6 +32,7 @@ def model_files(tmp_path_factory) -> dict:
         "mlp": build_mlp(root / "mlp.onnx", seed=0),
         "identity": build_identity(root / "identity.onnx"),
         "bag_of_words": build_bag_of_words(root / "bag_of_words.onnx", seed=0),
+        "string_concat": build_string_concat(root / "string_concat.onnx"),
     }
 
 

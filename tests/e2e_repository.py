@@ -13,6 +13,7 @@ SERVED_MODELS = {
     "mlp_fallback": ("mlp", "cuda,cpu", {}),
     "bow_cpu": ("bag_of_words", "cpu", {}),
     "bow_openvino": ("bag_of_words", "openvino", {}),
+    "strings_cpu": ("string_concat", "cpu", {}),
 }
 MAX_BATCH_SIZE = 8
 # Long enough that 32 concurrent clients reliably share batches on 2 busy cores.

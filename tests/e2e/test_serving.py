@@ -175,3 +175,20 @@ def test_unavailable_provider_falls_back_and_the_log_says_why(server, reference_
     assert "CUDAExecutionProvider" in skipped[0] and "onnxruntime-gpu" in skipped[0]
     skipped_metric = [s for s in parse_series(server.metrics_text(), "portable_ep_provider_skipped") if s["model"] == "mlp_fallback"]
     assert [s["skipped_provider"] for s in skipped_metric] == ["cuda"]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_string_tensors_reach_the_model_as_the_text_sent(server, protocol):
+    """Triton's BYTES elements arrive as bytes; the model must see the text, never its Python repr (b'...')."""
+    texts = ["abc", "déjà vu", "数据", ""]
+    sent = np.array([[t.encode()] for t in texts], dtype=object)  # [batch, 1]: a per-sample scalar input
+    served = infer_once(protocol, server.http_url if protocol == "http" else server.grpc_url, "strings_cpu", {"x": sent})["y"]
+    assert served.shape == (len(texts),)
+    assert [v.decode() for v in served] == [t + t for t in texts]
+
+
+def test_bytes_that_are_not_utf8_are_refused_for_that_request(server):
+    with pytest.raises(Exception, match=r"input 'x' element \[0\] is not UTF-8 text"):
+        infer_once("grpc", server.grpc_url, "strings_cpu", {"x": np.array([[b"\xff\xfe"]], dtype=object)})
+    served = infer_once("grpc", server.grpc_url, "strings_cpu", {"x": np.array([[b"ok"]], dtype=object)})["y"]
+    assert served.tolist() == [b"okok"]
