@@ -157,6 +157,8 @@ def test_bad_requests_are_refused_alone_with_the_reason(server, bundle, golden):
         ("llm_cpu", prompt, {"max_tokens": 4, "min_tokens": 2, "stop_token_ids": list(range(vocab))},
          rf"min_tokens=2 leaves no token to sample.*all {vocab} tokens"),
     ]
+    # the limits in force are in the load's log line, configured ones and derived ones
+    assert "per request: prompt 1536 bytes, stop strings 2 of 256 characters" in server.log_text()
     for model, text, sampling, words in cases:
         with StreamingClient(server.grpc_url, model) as client:
             with pytest.raises(GenerationFailed) as info:

@@ -151,3 +151,57 @@ def test_a_penalty_that_overflows_leaves_the_overflowing_tokens_not_nan():
     assert Sampler(SamplingParams(temperature=0, repetition_penalty=1e-308))(logits, [1]) == 1
     # a finite logit over a small temperature that overflows is the same limit
     assert Sampler(SamplingParams(temperature=1e-5, seed=0))(np.array([1e305, 0.0, 1e305]), []) in (0, 2)
+
+
+# -- the Triton model's request parsing: sizes before the work ---------------------------
+class _Tensor:
+    def __init__(self, value):
+        self.value = value
+
+    def as_numpy(self):
+        return np.array([self.value], dtype=np.object_)
+
+
+class _Request:
+    def __init__(self, inputs: dict, parameters: str = "{}"):
+        self.inputs, self._parameters = inputs, parameters
+
+    def parameters(self):
+        return self._parameters
+
+
+class _Pb:
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return _Tensor(request.inputs[name]) if name in request.inputs else None
+
+
+def test_sizes_are_checked_before_the_prompt_is_decoded_and_the_json_parsed():
+    from portable_ep.python_backend.generation_model import BadRequest, parse_request
+
+    limits = EngineLimits(context_length=64, kv_budget_bytes=1 << 20)  # 2048 prompt bytes
+    # 1 MiB of bytes that are not UTF-8: refused by size, so never decoded (nor tokenized)
+    with pytest.raises(RequestRefused, match=r"text_input is 1048576 bytes.*limit of 2048 bytes"):
+        parse_request(_Request({"text_input": b"\xff" * (1 << 20)}), _Pb, limits)
+    with pytest.raises(BadRequest, match="not UTF-8"):  # within the limit, the same bytes are decoded
+        parse_request(_Request({"text_input": b"\xff" * 2048}), _Pb, limits)
+    # JSON over the limit is refused unparsed (this one is not even JSON)
+    broken = "{" * (limits.parameter_bytes + 1)
+    with pytest.raises(RequestRefused, match="sampling_parameters is .* bytes of JSON"):
+        parse_request(_Request({"text_input": b"hi", "sampling_parameters": broken.encode()}), _Pb, limits)
+    with pytest.raises(RequestRefused, match="bytes of JSON"):  # request parameters count too
+        parse_request(_Request({"text_input": b"hi"}, json.dumps({"stop": "x" * limits.parameter_bytes})), _Pb, limits)
+    text, stream, exclude, params = parse_request(
+        _Request({"text_input": "naïve".encode(), "sampling_parameters": b'{"stop": ["a", "b"], "min_tokens": 1}'}), _Pb, limits)
+    assert (text, params.stop, params.min_tokens) == ("naïve", ["a", "b"], 1)
+
+
+def test_limit_parameters_that_cannot_be_understood_fail_the_load_naming_them(tmp_path):
+    from portable_ep.python_backend.generation_model import load_generator
+    from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
+
+    for key, value in (("generation.max_prompt_bytes", "-1"), ("generation.max_stop_strings", "many"),
+                       ("generation.max_stop_length", "2.5")):
+        config = ServingConfig("llm", 0, (), (), parameters={key: value})
+        with pytest.raises(ModelConfigError, match=rf"parameter {key}='{value}' must be an integer >= 0 \(0: no limit\)"):
+            load_generator(config, tmp_path)
