@@ -45,7 +45,7 @@ KIB = 1 << 10
 # context that is 256 KiB, tokenized in ~150 ms.
 PROMPT_BYTES_PER_TOKEN = 32
 # Stop strings: an automaton of 64 strings of 256 characters (16,000 nodes) builds in
-# ~10 ms and holds ~4 MiB, and costs < 1 µs a token to run (the scan it replaced took
+# 10-40 ms (on the thread accepting the request) and holds ~4 MiB, and costs < 1 µs a token to run (the scan it replaced took
 # ~2 ms a token at that size, more than a tiny model's decode step). TGI and OpenAI's
 # API take 4 stop strings; 64 leaves room for tool-call and chat-format markers.
 DEFAULT_MAX_STOP_STRINGS = 64
@@ -101,8 +101,8 @@ class EngineLimits:
         limit = self.parameter_bytes
         if limit and size > limit:
             raise RequestRefused(
-                f"sampling_parameters is {size} bytes of JSON, over this model's limit of {limit} bytes "
-                "(set by generation.max_stop_strings and generation.max_stop_length)")
+                f"the sampling parameters are {size} bytes of JSON (sampling_parameters and request parameters), over "
+                f"this model's limit of {limit} bytes (set by generation.max_stop_strings and generation.max_stop_length)")
 
     def check_stops(self, params: SamplingParams) -> None:
         """Stop strings within their count and length limits, or :class:`RequestRefused`."""

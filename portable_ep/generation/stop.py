@@ -47,7 +47,7 @@ class StopMatcher:
         # Failure links, breadth first: a node's link is the longest proper suffix of its
         # text that is also in the trie; its longest match is its own stop or its link's.
         fail = [0] * len(goto)
-        queue = deque(goto[0].values())
+        queue = deque(goto[0].values())  # the root's children link to the root (fail 0)
         while queue:
             node = queue.popleft()
             for char, child in goto[node].items():
@@ -55,7 +55,7 @@ class StopMatcher:
                 link = fail[node]
                 while link and char not in goto[link]:
                     link = fail[link]
-                target = goto[link].get(char, 0) if node else 0
+                target = goto[link].get(char, 0)
                 fail[child] = target
                 if not longest[child]:
                     longest[child] = longest[target]

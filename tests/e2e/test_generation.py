@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -275,29 +276,59 @@ def _neighbour_s(server, prompt: dict, runs: int = 5) -> float:
     return sorted(times)[runs // 2]
 
 
+def _stub_peak_rss_mib(server, model: str) -> float:
+    """Peak resident memory (VmHWM) of the python stub serving ``model``, read from /proc."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        parent = int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
+        if (parent == server.process.pid and b"triton_python_backend_stub" in cmdline[0]
+                and any(f"/{model}/".encode() in arg for arg in cmdline)):
+            return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
+    raise AssertionError(f"no python stub of {model} under tritonserver {server.process.pid}")
+
+
+def _beside_hostile(server, kind: str, golden) -> tuple:
+    """(neighbour's median seconds, the hostile client's answers) with the client running throughout."""
+    hostile = subprocess.Popen([sys.executable, "-c", HOSTILE_CLIENT, server.grpc_url, kind, golden["prompts"][1]["text"]],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert hostile.stdout.readline().strip() == "ready"
+        first = json.loads(hostile.stdout.readline())  # it is being answered: the neighbour runs beside it
+        beside = _neighbour_s(server, golden["prompts"][0])
+    finally:
+        answers, _ = hostile.communicate("", timeout=120)
+    return beside, [first] + [json.loads(line) for line in answers.splitlines()]
+
+
 def test_a_hostile_request_does_not_slow_its_neighbours_stream(server, golden):
     """A stream's latency beside requests that try to take the model's one generation thread or
     its memory stays within 2x its latency alone. Before the limits: 20,000 stop strings took a
     neighbour from 0.22 s to 48 s; an 8 MB prompt, tokenized whole before the context check,
-    from 0.06 s to 12.8 s (and +1.1 GB in the stub)."""
+    from 0.06 s to 12.8 s (and +1.1 GB in the stub). Measured with the previous code, this test's
+    clients took the neighbour to 4x (stop strings) and 6x (with 1 MiB prompts only)."""
     neighbour = golden["prompts"][0]
     _neighbour_s(server, neighbour, runs=1)  # warm
-    alone = _neighbour_s(server, neighbour)
     for kind in ("stops", "prompts"):
-        hostile = subprocess.Popen([sys.executable, "-c", HOSTILE_CLIENT, server.grpc_url, kind, golden["prompts"][1]["text"]],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert hostile.stdout.readline().strip() == "ready"
-            first = json.loads(hostile.stdout.readline())  # it is being answered: the neighbour runs beside it
-            beside = _neighbour_s(server, neighbour)
-        finally:
-            answers, _ = hostile.communicate("", timeout=120)
-        answers = [first] + [json.loads(line) for line in answers.splitlines()]
-        print(f"neighbour's 200 tokens: {alone:.3f} s alone, {beside:.3f} s beside {len(answers)} hostile {kind} requests")
+        peak_before = _stub_peak_rss_mib(server, "llm_cpu")
+        # Two tries, each against the latency alone just before it: this machine's other load may
+        # slow one measurement; a hostile request slows both (the previous code's, 4-6x).
+        for attempt in range(2):
+            alone = _neighbour_s(server, neighbour)
+            beside, answers = _beside_hostile(server, kind, golden)
+            print(f"neighbour's 200 tokens: {alone:.3f} s alone, {beside:.3f} s beside {len(answers)} hostile {kind} requests")
+            if beside <= 2 * alone:
+                break
+        grown = _stub_peak_rss_mib(server, "llm_cpu") - peak_before
+        print(f"the stub's peak memory grew {grown:.0f} MiB")
         if kind == "stops":
             assert all(a.startswith("served ") and int(a.split()[1]) > 100 for a in answers), answers
         else:
             assert any("generation.max_prompt_bytes" in a for a in answers), answers
             assert any(re.search(r"prompt is \d+ tokens and the model's context is 512", a) for a in answers), answers
             assert all(a.startswith("refused ") for a in answers), answers
+            assert grown < 128, f"8 MiB prompts grew the stub's peak memory by {grown:.0f} MiB"
         assert beside <= 2 * alone, (kind, alone, beside)

@@ -125,7 +125,8 @@ def test_the_parameters_json_is_limited_by_what_the_stop_limits_allow():
     # the largest stop list the limits take, escaped at worst, passes the JSON size check
     widest = json.dumps({"stop": ["😀" * DEFAULT_MAX_STOP_LENGTH] * DEFAULT_MAX_STOP_STRINGS, "max_tokens": 16})
     limits.check_parameter_bytes(len(widest.encode()))
-    with pytest.raises(RequestRefused, match="sampling_parameters is .* bytes of JSON.*generation.max_stop_strings"):
+    with pytest.raises(RequestRefused, match=r"sampling parameters are .* bytes of JSON \(sampling_parameters and "
+                                             r"request parameters\).*generation.max_stop_strings"):
         limits.check_parameter_bytes(limits.parameter_bytes + 1)
     assert EngineLimits(512, 1 << 20, max_stop_strings=0).parameter_bytes == 0  # no stop limit, no JSON limit
 
@@ -187,7 +188,7 @@ def test_sizes_are_checked_before_the_prompt_is_decoded_and_the_json_parsed():
         parse_request(_Request({"text_input": b"\xff" * 2048}), _Pb, limits)
     # JSON over the limit is refused unparsed (this one is not even JSON)
     broken = "{" * (limits.parameter_bytes + 1)
-    with pytest.raises(RequestRefused, match="sampling_parameters is .* bytes of JSON"):
+    with pytest.raises(RequestRefused, match="sampling parameters are .* bytes of JSON"):
         parse_request(_Request({"text_input": b"hi", "sampling_parameters": broken.encode()}), _Pb, limits)
     with pytest.raises(RequestRefused, match="bytes of JSON"):  # request parameters count too
         parse_request(_Request({"text_input": b"hi"}, json.dumps({"stop": "x" * limits.parameter_bytes})), _Pb, limits)
