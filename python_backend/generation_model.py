@@ -16,7 +16,15 @@ they are:
 
 Parameters of the model (config.pbtxt): ``generation.kv_cache_mb`` (the cache budget,
 default 1024), ``generation.max_batch`` (sequences decoding together, default 16),
-``generation.max_context`` (a context shorter than the model's).
+``generation.max_context`` (a context shorter than the model's), and what one request may
+ask (``0`` = no limit): ``generation.max_prompt_bytes`` (default context × 32),
+``generation.max_stop_strings`` (64), ``generation.max_stop_length`` (256 characters).
+
+A request is checked cheapest first and refused alone, before the expensive work: the
+prompt's bytes and the parameters' JSON size before anything is decoded or parsed, the
+sampling parameters (stop-string limits, a ``min_tokens`` that leaves no token to sample)
+before the prompt is tokenized, the prompt's tokens against the context and the cache
+before it is queued.
 """
 from __future__ import annotations
 
@@ -25,13 +33,13 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from portable_ep.generation.bundle import bundle_engine
 from portable_ep.generation.decoder import NotADecoder
-from portable_ep.generation.engine import GenerationEngine, GenerationRequest, Output, RequestRefused
+from portable_ep.generation.engine import EngineLimits, GenerationEngine, GenerationRequest, Output, RequestRefused
 from portable_ep.generation.sampling import SamplingError, SamplingParams, convert_value
 from portable_ep.generation.tokenizer import BundleTokenizer
 from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
@@ -80,8 +88,11 @@ class LoadedGenerator:
 
     def describe_limits(self) -> str:
         limits = self.engine.limits
+        off = lambda n, unit="": f"{n}{unit}" if n else "no limit"  # noqa: E731
         return (f"context {limits.context_length} tokens, KV cache budget {limits.kv_budget_bytes / (1 << 20):g} MiB "
-                f"({limits.kv_budget_bytes // self.engine.bytes_per_token} tokens), up to {limits.max_batch} sequences per step")
+                f"({limits.kv_budget_bytes // self.engine.bytes_per_token} tokens), up to {limits.max_batch} sequences per step; "
+                f"per request: prompt {off(limits.prompt_bytes, ' bytes')}, stop strings {off(limits.max_stop_strings)} "
+                f"of {off(limits.max_stop_length, ' characters')}")
 
 
 def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0, registry=None,
@@ -94,11 +105,16 @@ def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0,
     max_batch = _number_parameter(config, "generation.max_batch", DEFAULT_MAX_BATCH, int, lambda n: n >= 1,
                                   "an integer >= 1")
     max_context = _number_parameter(config, "generation.max_context", None, int, lambda n: n >= 2, "an integer >= 2")
+    request_limits = {}  # EngineLimits fields; absent ones keep their defaults
+    for name in ("max_prompt_bytes", "max_stop_strings", "max_stop_length"):
+        value = _number_parameter(config, f"generation.{name}", None, int, lambda n: n >= 0, "an integer >= 0 (0: no limit)")
+        if value is not None:
+            request_limits[name] = value
     resolved = resolve_session(config, version_dir, device_id, registry)
     session = resolved.resolution.session
     try:
         engine = bundle_engine(session, resolved.artifacts.root, resolved.artifacts.manifest, int(kv_mb * (1 << 20)),
-                               max_batch, max_context, log=log)
+                               max_batch, max_context, log=log, **request_limits)
         tokenizer = engine.tokenizer
     except NotADecoder as exc:
         session.close()
@@ -130,23 +146,32 @@ def _flag(request, name: str, parameters: dict, pb) -> bool:
         raise BadRequest(str(exc)) from None
 
 
-def parse_request(request, pb):
-    """(prompt text, stream, exclude_input_in_output, SamplingParams) or BadRequest/SamplingError."""
+def parse_request(request, pb, limits: Optional[EngineLimits] = None):
+    """(prompt text, stream, exclude_input_in_output, SamplingParams) or BadRequest/SamplingError/RequestRefused.
+
+    Sizes are checked before the work they would cost: the prompt's bytes before it is
+    decoded (and tokenized, later), the JSON's bytes before it is parsed.
+    """
     text = _scalar(request, "text_input", pb)
     if text is None:
         raise BadRequest("input text_input is missing: send the prompt as a BYTES tensor of shape [1]")
+    if limits is not None:
+        limits.check_prompt_bytes(len(text) if isinstance(text, bytes) else len(str(text).encode("utf-8")))
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadRequest(f"text_input is not UTF-8 (byte {exc.start})") from None
+    raw_parameters = request.parameters() or "{}"
+    sampling = _scalar(request, "sampling_parameters", pb)
+    if limits is not None:
+        limits.check_parameter_bytes(len(raw_parameters) + (len(sampling) if sampling is not None else 0))
     try:
-        parameters = json.loads(request.parameters() or "{}")
+        parameters = json.loads(raw_parameters)
     except ValueError:
         parameters = {}
     stream = _flag(request, "stream", parameters, pb)
     exclude = _flag(request, "exclude_input_in_output", parameters, pb)
-    sampling = _scalar(request, "sampling_parameters", pb)
     if isinstance(sampling, bytes):
         sampling = sampling.decode("utf-8", errors="replace")
     return str(text), stream, exclude, SamplingParams.from_request(sampling, parameters)
@@ -243,7 +268,8 @@ class GenerationServing:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prompt, stream, exclude, params = parse_request(request, pb)
+                prompt, stream, exclude, params = parse_request(request, pb, self.engine.limits)
+                self.engine.check_params(params)  # before tokenizing: refusals that cost nothing come first
                 responses = ResponseStream(pb, sender, prompt, stream, exclude, on_done=self._done,
                                            log_info=self.log_info)
                 self.engine.submit(GenerationRequest(self.tokenizer.encode(prompt), params, self.sender.wrap(responses),

@@ -31,11 +31,15 @@ def context_length(manifest: Optional[dict]) -> int:
 
 
 def bundle_engine(session, root: Path, manifest: dict, kv_budget_bytes: int, max_batch: int,
-                  max_context: Optional[int] = None, log: Callable[[str], None] = lambda message: None) -> GenerationEngine:
-    """A (not started) engine for the bundle at ``root`` on ``session``."""
+                  max_context: Optional[int] = None, log: Callable[[str], None] = lambda message: None,
+                  **request_limits) -> GenerationEngine:
+    """A (not started) engine for the bundle at ``root`` on ``session``; ``request_limits``:
+    :class:`EngineLimits` fields (prompt bytes, stop strings) over their defaults."""
     context = context_length(manifest)
     if max_context:
         context = min(context, max_context)
+    info = decoder_info(manifest)
     return GenerationEngine(bundle_decoder(session, manifest), bundle_tokenizer(root, manifest),
-                            decoder_info(manifest).get("eos_token_ids") or [],
-                            EngineLimits(context, kv_budget_bytes, max_batch), log=log)
+                            info.get("eos_token_ids") or [],
+                            EngineLimits(context, kv_budget_bytes, max_batch, **request_limits), log=log,
+                            vocab_size=info.get("vocab_size"))

@@ -10,6 +10,13 @@ it never holds the others up.
 Memory is bounded by reservation: a request reserves the cache bytes of its prompt
 plus ``max_tokens`` when it is accepted, and a request that does not fit in what is
 left is refused at once with the figures, never queued to fail later.
+
+Time is bounded too: the loop's thread is every sequence's, so nothing a request asks
+for may make a step cost more than the model's own work. Stop strings are limited in
+number and length and matched incrementally (``stop.StopMatcher``: a cost per character
+that does not grow with their number); stop token ids are a set; the ids banned before
+``min_tokens`` are computed once per request; and a request whose parameters leave no
+token to sample is refused before it is queued (:meth:`GenerationEngine.check_params`).
 """
 from __future__ import annotations
 
@@ -22,9 +29,30 @@ import numpy as np
 
 from portable_ep.generation.decoder import DecodeBatch, Decoder
 from portable_ep.generation.sampling import Sampler, SamplingParams
+from portable_ep.generation.stop import StopMatcher
 from portable_ep.generation.tokenizer import BundleTokenizer, IncrementalDetokenizer
 
 MIB = 1 << 20
+KIB = 1 << 10
+
+# Prompt bytes per token, for the prompt byte limit checked before tokenizing (a prompt's
+# tokens cannot be counted without tokenizing it, which is the expensive work: 8 MiB of
+# prose is 2.8 M tokens, ~9 s and over 1 GB in the tokenizer). Measured with SmolLM2's
+# byte-level BPE: English prose 3.0 bytes a token, Python code 3.9, CJK 1.7, random text
+# 1.0-1.3; only long runs of one character go further (newlines 4, spaces and dashes 62,
+# its longest token is 81 bytes). 32 is 8x what text takes; a prompt over context x 32
+# bytes holds at least 8 contexts' worth of ordinary text. At SmolLM2's 8192-token
+# context that is 256 KiB, tokenized in ~150 ms.
+PROMPT_BYTES_PER_TOKEN = 32
+# Stop strings: an automaton of 64 strings of 256 characters (16,000 nodes) builds in
+# 10-40 ms (on the thread accepting the request) and holds ~4 MiB, and costs < 1 µs a token to run (the scan it replaced took
+# ~2 ms a token at that size, more than a tiny model's decode step). TGI and OpenAI's
+# API take 4 stop strings; 64 leaves room for tool-call and chat-format markers.
+DEFAULT_MAX_STOP_STRINGS = 64
+DEFAULT_MAX_STOP_LENGTH = 256
+# JSON of the sampling parameters (and the request parameters): what the stop-string
+# limits allow, escaped at worst (\uXXXX surrogate pairs: 12 bytes a character), plus 64 KiB for the rest.
+PARAMETER_BYTES_BASE = 64 * KIB
 
 
 class RequestRefused(ValueError):
@@ -33,9 +61,61 @@ class RequestRefused(ValueError):
 
 @dataclass(frozen=True)
 class EngineLimits:
+    """What one request may ask of a model; ``0`` turns a request limit off.
+
+    ``max_prompt_bytes`` None is the default derived from the context
+    (context × :data:`PROMPT_BYTES_PER_TOKEN`).
+    """
+
     context_length: int
     kv_budget_bytes: int
     max_batch: int = 16
+    max_prompt_bytes: Optional[int] = None
+    max_stop_strings: int = DEFAULT_MAX_STOP_STRINGS
+    max_stop_length: int = DEFAULT_MAX_STOP_LENGTH
+
+    @property
+    def prompt_bytes(self) -> int:
+        """The prompt byte limit in force (0: none)."""
+        if self.max_prompt_bytes is None:
+            return self.context_length * PROMPT_BYTES_PER_TOKEN
+        return self.max_prompt_bytes
+
+    @property
+    def parameter_bytes(self) -> int:
+        """The limit on the JSON of one request's sampling parameters (0: none)."""
+        if not self.max_stop_strings or not self.max_stop_length:
+            return 0
+        return PARAMETER_BYTES_BASE + 12 * self.max_stop_strings * self.max_stop_length
+
+    def check_prompt_bytes(self, size: int) -> None:
+        """Before tokenizing: a prompt of ``size`` UTF-8 bytes, or :class:`RequestRefused`."""
+        limit = self.prompt_bytes
+        if limit and size > limit:
+            raise RequestRefused(
+                f"text_input is {size} bytes, over this model's limit of {limit} bytes "
+                f"({self.context_length}-token context; parameter generation.max_prompt_bytes): shorten the prompt")
+
+    def check_parameter_bytes(self, size: int) -> None:
+        """Before parsing: ``size`` bytes of sampling-parameter JSON, or :class:`RequestRefused`."""
+        limit = self.parameter_bytes
+        if limit and size > limit:
+            raise RequestRefused(
+                f"the sampling parameters are {size} bytes of JSON (sampling_parameters and request parameters), over "
+                f"this model's limit of {limit} bytes (set by generation.max_stop_strings and generation.max_stop_length)")
+
+    def check_stops(self, params: SamplingParams) -> None:
+        """Stop strings within their count and length limits, or :class:`RequestRefused`."""
+        count, most = len(params.stop), self.max_stop_strings
+        if most and count > most:
+            raise RequestRefused(f"stop has {count} strings, over this model's limit of {most} "
+                                 "(parameter generation.max_stop_strings)")
+        most = self.max_stop_length
+        if most:
+            for i, stop in enumerate(params.stop):
+                if len(stop) > most:
+                    raise RequestRefused(f"stop string {i} is {len(stop)} characters, over this model's limit of "
+                                         f"{most} (parameter generation.max_stop_length)")
 
 
 @dataclass
@@ -59,11 +139,15 @@ class GenerationRequest:
 
 
 class _Sequence:
-    def __init__(self, request: GenerationRequest, tokenizer: BundleTokenizer, reserved: int, max_new: int):
+    def __init__(self, request: GenerationRequest, tokenizer: BundleTokenizer, reserved: int, max_new: int,
+                 early_banned: np.ndarray):
         self.request = request
         self.params = request.params
         self.sampler = Sampler(request.params)
         self.detok = IncrementalDetokenizer(tokenizer, request.params.skip_special_tokens)
+        self.stops = StopMatcher(request.params.stop)
+        self.stop_ids = frozenset(request.params.stop_token_ids)
+        self.early_banned = early_banned  # ids banned until min_tokens are out
         self.reserved = reserved
         self.max_new = max_new  # max_tokens, cut to what the context leaves
         self.generated: List[int] = []
@@ -75,11 +159,13 @@ class _Sequence:
 
 class GenerationEngine:
     def __init__(self, decoder: Decoder, tokenizer: BundleTokenizer, eos_ids: Sequence[int], limits: EngineLimits,
-                 log: Callable[[str], None] = lambda message: None):
+                 log: Callable[[str], None] = lambda message: None, vocab_size: Optional[int] = None):
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.eos_ids = tuple(int(i) for i in eos_ids)
         self.limits = limits
+        #: Logit rows a sampler chooses from (the model's vocabulary; the tokenizer's when the bundle does not say).
+        self.vocab_size = int(vocab_size or tokenizer.vocab_size)
         self.log = log
         self.bytes_per_token = decoder.layout.bytes_per_token()
         self._lock = threading.Condition()
@@ -95,8 +181,30 @@ class GenerationEngine:
         self.forward_s = 0.0  # seconds in decode passes (prefills excluded)
 
     # -- accepting requests (any thread) ----------------------------------------------
+    def early_banned(self, params: SamplingParams) -> np.ndarray:
+        """Token ids the sampler may not pick before ``min_tokens`` are out: the end-of-sequence
+        ids and ``stop_token_ids`` that are in the vocabulary (an id past it bans nothing)."""
+        if not params.min_tokens:
+            return np.zeros(0, np.int64)
+        ids = {*self.eos_ids, *params.stop_token_ids}
+        return np.fromiter(sorted(i for i in ids if 0 <= i < self.vocab_size), np.int64)
+
+    def check_params(self, params: SamplingParams) -> np.ndarray:
+        """Refuse, naming the parameter, what the request's limits or its sampling parameters make
+        unservable; cheap (no tokenizing, no model), so it runs before the expensive work.
+        Returns :meth:`early_banned`."""
+        self.limits.check_stops(params)
+        banned = self.early_banned(params)
+        if len(banned) >= self.vocab_size:
+            raise RequestRefused(
+                f"min_tokens={params.min_tokens} leaves no token to sample: the end-of-sequence token and "
+                f"stop_token_ids ban all {self.vocab_size} tokens of the vocabulary until min_tokens are out "
+                "(lower min_tokens or list fewer stop_token_ids)")
+        return banned
+
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request, or raise :class:`RequestRefused` naming the limit it breaks."""
+        banned = self.check_params(request.params)
         prompt = len(request.prompt_ids)
         context = self.limits.context_length
         if prompt == 0:
@@ -108,6 +216,8 @@ class GenerationEngine:
         max_new = min(request.params.max_tokens, context - prompt)
         need = (prompt + max_new) * self.bytes_per_token
         budget = self.limits.kv_budget_bytes
+        # Built outside the lock, which the loop takes every step.
+        sequence = _Sequence(request, self.tokenizer, need, max_new, banned)
         with self._lock:
             if self._stopping:
                 raise RequestRefused("the model is being unloaded; retry once it is loaded again")
@@ -123,7 +233,7 @@ class GenerationEngine:
                     f"{self._reserved / MIB:.1f} of {budget / MIB:.0f} MiB; retry later, lower max_tokens, or raise "
                     "generation.kv_cache_mb")
             self._reserved += need
-            self._waiting.append(_Sequence(request, self.tokenizer, need, max_new))
+            self._waiting.append(sequence)
             self._lock.notify()
 
     @property
@@ -241,11 +351,11 @@ class GenerationEngine:
         """Sample the sequence's next token and hand out the text it completes."""
         params = seq.params
         early = len(seq.generated) < params.min_tokens
-        banned = (*self.eos_ids, *params.stop_token_ids) if early else ()
+        banned = seq.early_banned if early else ()
         token = seq.sampler(logits, seq.request.prompt_ids, banned, seq.generated)
         seq.generated.append(token)
         self.tokens += 1
-        if not params.ignore_eos and token in self.eos_ids or token in params.stop_token_ids:
+        if not params.ignore_eos and token in self.eos_ids or token in seq.stop_ids:
             seq.finish = "stop"
             before = len(seq.text)
             seq.text += seq.detok.flush()  # a character held back for its last bytes
@@ -265,24 +375,20 @@ class GenerationEngine:
 
     def _apply_stop_strings(self, seq: _Sequence, before: int) -> bool:
         """Cut the text at the first stop string; ``before``: its length before the newest piece."""
-        stops = seq.params.stop
-        if not stops:
+        if not seq.stops:
             return False
-        # Only text reaching into the newest piece can complete a stop string.
-        start = max(0, before - max(len(s) for s in stops) + 1)
-        found = [(seq.text.find(s, start), s) for s in stops]
-        found = [(index, s) for index, s in found if index >= 0]
-        if not found:
+        found = seq.stops.feed(seq.text[before:])  # only the newest piece is new to the matcher
+        if found is None:
             return False
-        index, stop = min(found)
-        seq.text = seq.text[: index + (len(stop) if seq.params.include_stop_str_in_output else 0)]
+        index, length = found
+        seq.text = seq.text[: index + (length if seq.params.include_stop_str_in_output else 0)]
         seq.emitted = min(seq.emitted, len(seq.text))
         return True
 
     def _emit(self, seq: _Sequence, final: bool) -> None:
         end = len(seq.text)
-        if not final and seq.params.stop:
-            end -= _held_back(seq.text, seq.params.stop)  # could be the start of a stop string
+        if not final and seq.stops:
+            end -= seq.stops.held_back  # could be the start of a stop string
         if end <= seq.emitted and not final:
             return
         delta, seq.emitted = seq.text[seq.emitted:end], max(seq.emitted, end)
@@ -328,13 +434,3 @@ def _cancelled(seq: _Sequence) -> bool:
     except Exception:  # noqa: BLE001 - a sender that cannot say is a client that is gone
         return True
 
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of ``text`` that begins some stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if stop.startswith(text[-n:]):
-                longest = n
-                break
-    return longest

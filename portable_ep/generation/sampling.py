@@ -159,13 +159,17 @@ class Sampler:
     def __call__(self, logits: np.ndarray, prompt: Sequence[int], banned: Sequence[int] = (),
                  generated: Sequence[int] = ()) -> int:
         """Repetition penalty over prompt and output; presence/frequency over the output only (as vLLM)."""
+        with np.errstate(over="ignore"):  # an overflow to inf is handled (_finite_or_refuse), not a warning per token
+            return self._sample(np.asarray(logits, np.float64), prompt, banned, generated)
+
+    def _sample(self, logits: np.ndarray, prompt: Sequence[int], banned, generated: Sequence[int]) -> int:
         p = self.params
-        logits = np.asarray(logits, np.float64)
         vocab = logits.shape[0]
-        if banned or p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+        if len(banned) or p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
             logits = logits.copy()
-            banned = [t for t in banned if 0 <= t < vocab]
-            if banned:  # end-of-sequence tokens before min_tokens
+            banned = np.asarray(banned, np.int64).reshape(-1)
+            banned = banned[(banned >= 0) & (banned < vocab)]
+            if len(banned):  # end-of-sequence and stop tokens before min_tokens
                 logits[banned] = -np.inf
             history = [*prompt, *generated] if p.repetition_penalty != 1.0 else []  # built only when used
             if history:
@@ -175,9 +179,10 @@ class Sampler:
             if (p.presence_penalty or p.frequency_penalty) and len(generated):
                 counts = np.bincount(np.asarray(generated, np.int64), minlength=vocab)[:vocab]
                 logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+        logits = _finite_or_refuse(logits, p)
         if p.greedy:
             return int(np.argmax(logits))
-        logits = logits / p.temperature
+        logits = _finite_or_refuse(logits / p.temperature, p)  # a huge logit over a small temperature overflows
         if p.top_k > 0 and p.top_k < logits.shape[0]:
             kth = np.partition(logits, -p.top_k)[-p.top_k]
             logits = np.where(logits < kth, -np.inf, logits)
@@ -195,3 +200,25 @@ class Sampler:
             probs = np.where(probs < p.min_p * probs.max(), 0.0, probs)
             probs /= probs.sum()
         return int(self.rng.choice(probs.shape[0], p=probs))
+
+
+def _finite_or_refuse(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Logits a distribution can be made of, or a :class:`SamplingError` that says why not.
+
+    Without this a row of -inf (every token banned) or a +inf (a repetition_penalty so
+    small that dividing by it overflows) becomes NaN probabilities, and numpy's
+    "probabilities contain NaN" tells nobody which parameter did it. Tokens at +inf are
+    the limit of the distribution: they share it. The request's own parameters that can
+    empty it are refused before it is queued (``GenerationEngine.check_params``); this is
+    what remains possible only once the model's logits are known.
+    """
+    top = logits.max()
+    if np.isfinite(top):
+        return logits
+    if np.isnan(top):  # max() is NaN when any logit is
+        raise SamplingError("the model's logits hold NaN: no token can be sampled")
+    if top > 0:
+        return np.where(logits == np.inf, 0.0, -np.inf)
+    raise SamplingError("no token left to sample: every token's probability is zero after the banned tokens "
+                        f"(min_tokens={params.min_tokens}, stop_token_ids) and repetition_penalty="
+                        f"{params.repetition_penalty}")

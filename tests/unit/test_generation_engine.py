@@ -306,3 +306,67 @@ def test_a_stop_string_inside_one_long_piece_is_found_and_unloading_refuses(tiny
     engine.start().stop()
     with pytest.raises(RequestRefused, match="being unloaded"):
         engine.submit(GenerationRequest(tokenizer.encode(prompt), SamplingParams(), lambda o: None))
+
+
+def _run(engine, tokenizer, prompt, sampling):
+    outputs, done, on_output = _collect()
+    engine.submit(GenerationRequest(tokenizer.encode(prompt), SamplingParams.build(sampling), on_output))
+    while not done.is_set():
+        engine.step()
+    return outputs
+
+
+def test_stop_strings_at_the_limit_cut_where_the_scan_did_and_never_take_text_back(tiny, references):
+    """64 stop strings of up to 256 characters (the default limits): decoys that share the text's
+    beginnings (held back, then let go) and one that spans a token boundary; the text ends where
+    the earliest stop string starts, and every streamed piece is final."""
+    folder, _ = tiny
+    tokenizer = BundleTokenizer(folder)
+    engine = _engine(folder)
+    prompt = PROMPTS[1]
+    ids = references[prompt]
+    full = tokenizer.decode(ids)
+    boundaries = [len(tokenizer.decode(ids[:i])) for i in range(1, len(ids))]
+    cut = next(b for b in boundaries if b > len(full) // 2 and full[b - 2:b + 2].strip() == full[b - 2:b + 2])
+    stop = full[cut - 2: cut + 2]  # two characters of one token, two of the next
+    assert stop not in full[: cut - 2]
+    decoys = [full[i: i + 5] + "\x00" + "z" * 250 for i in range(0, 62)]  # each a prefix of the text, never whole
+    stops = decoys + [stop, "q" * 256]
+    assert len(stops) == 64 and max(map(len, stops)) == 256
+    for include in (False, True):
+        outputs = _run(engine, tokenizer, prompt, {"max_tokens": 24, "temperature": 0, "stop": stops,
+                                                   "include_stop_str_in_output": include})
+        expected = full[: full.index(stop) + (len(stop) if include else 0)]
+        streamed = ""
+        for output in outputs:
+            streamed += output.text
+            assert expected.startswith(streamed)  # nothing streamed is taken back
+        assert streamed == expected and outputs[-1].finish_reason == "stop"
+    with pytest.raises(RequestRefused, match="stop has 65 strings.*generation.max_stop_strings"):
+        engine.submit(GenerationRequest(tokenizer.encode(prompt), SamplingParams(stop=stops + ["one more"]), lambda o: None))
+    assert engine.idle() and engine.reserved_bytes == 0
+
+
+def test_min_tokens_with_every_token_banned_is_refused_before_it_is_queued(tiny, references):
+    """It used to reach the sampler and fail with numpy's "probabilities contain NaN"."""
+    folder, _ = tiny
+    tokenizer = BundleTokenizer(folder)
+    engine = _engine(folder)
+    vocab = engine.vocab_size
+    assert vocab == tokenizer.vocab_size > 300
+    everything = list(range(1, vocab))  # with EOS (id 0), the whole vocabulary
+    with pytest.raises(RequestRefused, match=rf"min_tokens=2 leaves no token to sample.*all {vocab} tokens"):
+        engine.submit(GenerationRequest(tokenizer.encode(PROMPTS[0]), SamplingParams(min_tokens=2, stop_token_ids=everything),
+                                        lambda o: None))
+    assert engine.idle() and engine.reserved_bytes == 0
+    # one token left: it is what min_tokens forces out, sampled or greedy; then a stop id ends the text
+    left = 7
+    for temperature in (0, 1.0):
+        outputs = _run(engine, tokenizer, PROMPTS[0], {"max_tokens": 6, "min_tokens": 3, "temperature": temperature,
+                                                        "seed": 1, "stop_token_ids": [t for t in everything if t != left]})
+        ids = [t for o in outputs for t in o.token_ids]
+        assert ids[:3] == [left] * 3 and not outputs[-1].error
+    # without min_tokens the same stop ids are only stop ids: the first token (the model's own, not banned) stops
+    outputs = _run(engine, tokenizer, PROMPTS[0], {"max_tokens": 6, "temperature": 0, "stop_token_ids": everything})
+    assert outputs[-1].finish_reason == "stop" and "".join(o.text for o in outputs) == ""
+    assert references[PROMPTS[0]][0] in everything
