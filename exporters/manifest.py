@@ -61,16 +61,19 @@ def file_entry(root: Path, file: str) -> dict:
 
 def local_paths_removed(value, roots: Iterable[Path]):
     """``value`` (a manifest, or any part of one) with every mention of the exporting machine's ``roots``
-    (absolute folders or files) replaced by what follows them, or a root named alone by its last name: a bundle records no absolute path of the machine it
-    was made on (a tool's error message quoting the work folder, say)."""
+    (absolute folders or files) replaced by what follows them, or by its last name where a root is named
+    alone: a bundle records no absolute path of the machine it was made on (a tool's error message quoting
+    the work folder, say)."""
     prefixes = sorted({str(Path(root)) for root in roots if str(root) not in ("", "/", ".")}, key=len, reverse=True)
     # A prefix counts where a path component ends: "/home/u" is in "/home/u/x" and "/home/u", not in "/home/uv".
     pattern = re.compile("|".join(f"{re.escape(prefix)}(?:/|(?![^\\s'\":;,)]))" for prefix in prefixes)) if prefixes else None
 
     def clean(item):
         if isinstance(item, str):
-            # "/work/x/model.onnx" -> "model.onnx"; a root named on its own -> its last name ("/work/src/a.onnx" -> "a.onnx")
-            return pattern.sub(lambda m: "" if m.group(0).endswith("/") else (Path(m.group(0)).name or "."), item) if pattern else item
+            if pattern is None:
+                return item
+            # "/work/x/model.onnx" -> "model.onnx"; a root named on its own -> its last name ("/src/a.onnx" -> "a.onnx")
+            return pattern.sub(lambda m: "" if m.group(0).endswith("/") else (Path(m.group(0)).name or "."), item)
         if isinstance(item, dict):
             return {clean(k): clean(v) for k, v in item.items()}
         if isinstance(item, (list, tuple)):

@@ -111,8 +111,8 @@ def copy_listed_files(bundle: Path, dest: Path, files: List[str]) -> None:
     """
     for relative in files:
         source, target = bundle / relative, dest / relative
-        try:
-            fd = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:  # O_NONBLOCK: a FIFO swapped in opens at once (and is refused below) instead of hanging the copy
+            fd = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             raise ExportError(f"{bundle / MANIFEST_NAME} lists {relative} but the bundle has no such file; "
                               "copy the whole bundle or re-export it") from None
@@ -126,6 +126,9 @@ def copy_listed_files(bundle: Path, dest: Path, files: List[str]) -> None:
             with open(target, "xb") as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
         shutil.copystat(source, target, follow_symlinks=False)
+    # Folders get the bundle's modes, as a whole-folder copy would give them (a server running as another user reads them).
+    for folder in sorted({Path(relative).parent for relative in files}, key=lambda p: len(p.parts), reverse=True):
+        shutil.copystat(bundle / folder, dest / folder, follow_symlinks=False)
 
 
 def add_to_repository(bundle, repository, name: str, options: Optional[RepoOptions] = None,

@@ -190,10 +190,14 @@ def test_an_unlisted_file_fails_verify_passes_with_allow_extra_and_is_not_copied
     assert code == 0, out
     assert "note     notes.txt" in out
 
+    os.chmod(bundle, 0o755)
+    os.chmod(bundle / "reference", 0o750)
     notes: list = []
     version = add_to_repository(bundle, tmp_path / "repository", "adder", notes=notes) / "1"
     assert not (version / "notes.txt").exists() and not (version / "reference" / "more.npz").exists()
     assert any("notes.txt" in note and "not copied" in note for note in notes), notes
+    for folder in (".", "reference"):  # folders keep the bundle's modes (not the staging folder's 0700)
+        assert (version / folder).stat().st_mode & 0o777 == (bundle / folder).stat().st_mode & 0o777
     # What repo add wrote verifies and loads: config.pbtxt lives beside the version folder, not in it.
     code, out, _ = run_cli(capsys, "verify", version)
     assert code == 0, out

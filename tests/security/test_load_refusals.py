@@ -164,3 +164,10 @@ def test_a_changed_tokenizer_fails_the_generative_loader_in_one_line(refusing_se
         load_generator(config, version)
     message = str(error.value)
     assert "\n" not in message and "tokenizer/tokenizer.json: sha256" in message
+
+
+def test_the_generative_manifest_records_no_absolute_path(llm_bundle):
+    text = (llm_bundle / "manifest.json").read_text()
+    manifest = json.loads(text)
+    assert manifest["source"]["path"] == "hf" and manifest["decoder"]["tokenizer"] == "tokenizer"
+    assert str(llm_bundle.parent) not in text and '"/' not in text, [line for line in text.splitlines() if '"/' in line]
