@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-from hostile_bundles import (SECRET, copy_bundle, link_secret_as_weights, read_manifest, rename_external_data,
-                             reseal, snapshot, write_manifest)
+from hostile_bundles import (SECRET, copy_bundle, link_secret_as_weights, read_manifest, rename_external_data, snapshot,
+                             write_manifest)
 from portable_ep.backends.artifacts import find_model_artifacts
 from portable_ep.backends.bundle_paths import BundlePathError, confined_path
 from portable_ep.backends.integrity import IntegrityError, sha256_of, verify_for_load
 from portable_ep.cli import main
-from portable_ep.exporters.errors import ExportError
 from portable_ep.exporters.repository import add_to_repository
 
 
