@@ -2,7 +2,10 @@
 
 A version folder holds either a bundle (``manifest.json`` plus variants, written by
 ``portable-ep export``) or a plain ``model.onnx`` or ``model.xml`` + ``model.bin``:
-Triton operators write their own. Either way the result is a list of
+Triton operators write their own. A bundle is confined to its folder
+(``portable_ep.backends.bundle_paths``): a manifest path that leaves it, or a link or
+special file inside it, is refused before anything is read; a plain folder is the
+operator's own and is taken as it is. Either way the result is a list of
 :class:`Variant` s, and a provider asks for the one it can run with
 :meth:`ModelArtifacts.find`.
 
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 from portable_ep.backends.routes import routes_of_entry
+
+from portable_ep.backends.bundle_paths import check_manifest_paths, confined_path
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -116,7 +121,7 @@ def _variants_from_manifest(root: Path, manifest: dict) -> Tuple[Variant, ...]:
             fmt, precision, file = entry["format"], entry["precision"], entry["file"]
         except (KeyError, TypeError):
             raise ModelFilesNotFound(f"{root / MANIFEST_NAME}: variants[{index}] lacks format, precision or file") from None
-        path = root / file
+        path = confined_path(root, file, f"variants[{index}].file")
         if not path.is_file():
             raise ModelFilesNotFound(f"{root / MANIFEST_NAME} lists {file} but the bundle has no such file; copy the whole bundle")
         if fmt == "openvino" and not path.with_suffix(".bin").is_file():
@@ -147,10 +152,15 @@ def find_model_artifacts(version_dir) -> ModelArtifacts:
         raise ModelFilesNotFound(f"model version folder {root} does not exist")
     manifest_path = root / MANIFEST_NAME
     if manifest_path.is_file():
+        confined_path(root, MANIFEST_NAME, "manifest")  # a link is not read, not even to report bad JSON
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as exc:
             raise ModelFilesNotFound(f"{manifest_path} is not valid JSON ({exc}); re-export the bundle") from None
+        if not isinstance(manifest, dict):
+            raise ModelFilesNotFound(f"{manifest_path} is not a JSON object; re-export the bundle")
+        # A bundle is data from elsewhere: every path it names stays inside it, and it holds no links.
+        check_manifest_paths(root, manifest)
         return ModelArtifacts(root=root, variants=_variants_from_manifest(root, manifest), manifest=manifest)
     variants = _plain_variants(root)
     if not variants:

@@ -20,9 +20,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 from portable_ep.backends.artifacts import is_servable
+from portable_ep.backends.bundle_paths import BundlePathError, check_manifest_paths, confined_path, listed_files
 from portable_ep.backends.cache_dirs import default_cache_dir
 
 
@@ -42,7 +43,8 @@ def expected_sums(manifest: Mapping, servable_only: bool = False) -> Dict[str, s
     """``{relative path: sha256}`` the manifest promises.
 
     Bundles record every file under ``files``; older ones only their variants' ``sha256``
-    and ``weights_sha256``. ``servable_only`` keeps the files of variants that can be loaded.
+    and ``weights_sha256`` (``weights_files`` for a graph with several external data files).
+    ``servable_only`` keeps the files of variants that can be loaded.
     """
     sums: Dict[str, str] = {}
     for entry in manifest.get("variants") or []:
@@ -54,6 +56,7 @@ def expected_sums(manifest: Mapping, servable_only: bool = False) -> Dict[str, s
             sums[entry["file"]] = entry["sha256"]
         if entry.get("weights_file") and entry.get("weights_sha256"):
             sums[entry["weights_file"]] = entry["weights_sha256"]
+        sums.update({str(k): str(v) for k, v in (entry.get("weights_files") or {}).items()})
     if not servable_only:
         sums.update({str(k): str(v) for k, v in (manifest.get("files") or {}).items()})
     return sums
@@ -65,6 +68,7 @@ class FileCheck:
     ok: bool
     problem: str = ""
     cached: bool = False
+    refused: bool = False  # the path breaks the bundle's confinement (bundle_paths): not read at all
 
 
 class VerifiedCache:
@@ -109,7 +113,11 @@ class VerifiedCache:
 def check_files(root: Path, sums: Mapping[str, str], cache: Optional[VerifiedCache] = None) -> List[FileCheck]:
     results = []
     for file, expected in sums.items():
-        path = Path(root) / file
+        try:
+            path = confined_path(root, file, "files entry")
+        except BundlePathError as exc:
+            results.append(FileCheck(file, False, str(exc).rpartition(" refused: ")[2], refused=True))
+            continue
         if not path.is_file():
             results.append(FileCheck(file, False, "missing"))
             continue
@@ -129,23 +137,43 @@ def check_files(root: Path, sums: Mapping[str, str], cache: Optional[VerifiedCac
     return results
 
 
+def read_at_load(root: Path, manifest: Mapping) -> List[str]:
+    """The files the backend reads to serve the bundle: its servable variants with their weights and, for a
+    generative bundle, the tokenizer file."""
+    servable = {"variants": [v for v in manifest.get("variants") or [] if isinstance(v, dict) and is_servable(v)]}
+    files = sorted(listed_files(servable))
+    # External data beside a graph under the names portable-ep and optimum write (export records the graph's own
+    # names, whatever they are, as the variant's weights; reading the graph here would cost every load a parse).
+    files += [f"{file}{suffix}" for file in files if file.endswith(".onnx") for suffix in (".data", "_data")
+              if (Path(root) / f"{file}{suffix}").is_file() and f"{file}{suffix}" not in files]
+    decoder = manifest.get("decoder") if manifest.get("task") == "text-generation" else None
+    if isinstance(decoder, dict):
+        tokenizer = decoder.get("tokenizer", "tokenizer")
+        is_folder = confined_path(root, tokenizer, "decoder.tokenizer").is_dir()
+        files.append(f"{tokenizer.rstrip('/')}/tokenizer.json" if is_folder else tokenizer)
+    return files
+
+
 def verify_for_load(root: Path, manifest: Mapping, cache: Optional[VerifiedCache] = None) -> None:
-    """Raise :class:`IntegrityError` naming every servable file that does not match its sha256."""
-    checks = check_files(root, expected_sums(manifest, servable_only=True), cache or VerifiedCache())
-    bad = [c for c in checks if not c.ok]
-    if bad:
+    """Refuse a bundle that is not confined to its folder (:class:`BundlePathError`) or whose files do not
+    match their sha256 (:class:`IntegrityError`, naming every such file).
+
+    Every file the manifest records is checked, not only the variant about to be loaded: the tokenizer, the
+    external data of a graph under whatever name, golden data. Where the manifest records ``files`` (every
+    exported bundle does), a file the backend reads but the manifest has no sum for is refused too.
+    """
+    check_manifest_paths(root, manifest)
+    sums = expected_sums(manifest)
+    problems = []
+    if manifest.get("files"):
+        problems = [f"{file}: read at load but the manifest records no sha256 for it"
+                    for file in read_at_load(root, manifest) if file not in sums]
+    checks = check_files(root, sums, cache or VerifiedCache())
+    problems += [f"{c.file}: {c.problem}" for c in checks if not c.ok]
+    if problems:
         raise IntegrityError(
             f"bundle {root} failed its integrity check: "
-            + "; ".join(f"{c.file}: {c.problem}" for c in bad)
+            + "; ".join(problems)
             + " -- the file was changed or damaged after export; copy the bundle again or re-export it"
             + " (`portable-ep verify BUNDLE` checks every file)"
         )
-
-
-def files_without_sums(root: Path, manifest: Mapping, names: Iterable[str] = ("manifest.json",)) -> List[str]:
-    """Files in the bundle the manifest records no sum for (e.g. added by hand), for ``verify``'s report."""
-    known = set(expected_sums(manifest)) | set(names)
-    return sorted(
-        str(p.relative_to(root)) for p in Path(root).rglob("*")
-        if p.is_file() and str(p.relative_to(root)) not in known and "__pycache__" not in p.parts
-    )

@@ -26,7 +26,8 @@ from portable_ep.exporters.accuracy import DEFAULT_BUDGETS
 from portable_ep.exporters.errors import ExportError, one_line
 from portable_ep.exporters.inputs import check_inputs, generate_inputs, load_inputs, vocab_sizes_from_onnx
 from portable_ep.exporters.samples import Feeds, rows, take, to_unbatched
-from portable_ep.exporters.manifest import file_entry, now_utc, sha256_of, tool_versions, write_manifest
+from portable_ep.exporters.manifest import (file_entry, local_paths_removed, now_utc, sha256_of, tool_versions,
+                                            write_manifest)
 from portable_ep.exporters.progress import Stages
 from portable_ep.exporters.signature import Signature, signature_from_onnx
 from portable_ep.exporters.sources import Source, resolve_source
@@ -235,20 +236,20 @@ class _Exporter:
         calibration_origin: Dict[str, str] = {}
         if o.calibration:
             calibration = self._load(o.calibration, "calibration file")
-            calibration_origin = {name: f"calibration file {o.calibration}" for name in calibration}
+            calibration_origin = {name: f"calibration file {Path(o.calibration).name}" for name in calibration}
         else:
             calibration = self._generate(o.calibration_samples, o.seed, calibration_origin)
         reference_origin: Dict[str, str] = {}
         if o.golden:
             reference = self._load(o.golden, "golden inputs file")
-            reference_origin = {name: f"golden inputs file {o.golden}" for name in reference}
+            reference_origin = {name: f"golden inputs file {Path(o.golden).name}" for name in reference}
         else:
             try:
                 # A different seed: accuracy is measured on inputs the quantizer did not calibrate on.
                 reference = self._generate(o.reference_samples, o.seed + 1, reference_origin)
             except ExportError:
                 reference = take(calibration, 0, o.reference_samples)
-                reference_origin = {name: f"calibration file {o.calibration} (first {rows(reference)} samples)"
+                reference_origin = {name: f"calibration file {Path(o.calibration).name} (first {rows(reference)} samples)"
                                     for name in reference}
         check_inputs(reference, self.signature, "reference inputs", self.vocab_sizes)
         self.origins = {"calibration": calibration_origin, "reference": reference_origin}
@@ -489,7 +490,8 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
     np.savez(ref_dir / "outputs.npz", **golden)
     signature = exporter.signature.as_dict()
     signature["output_kinds"] = {s.name: ("logits" if s.name in logits else None) for s in exporter.signature.outputs}
-    source_entry = {"kind": source.kind, "path": str(source.path), "task": source.task, "framework": golden_framework}
+    # The source's file or folder name only: a bundle travels, and records no path of the machine it was made on.
+    source_entry = {"kind": source.kind, "path": source.path.name, "task": source.task, "framework": golden_framework}
     if exporter.opset_note:
         source_entry["opset"] = exporter.opset_note
     manifest = {
@@ -506,7 +508,7 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                       "inputs_origin": exporter.origins["reference"],
                       "sequence_length": options.sequence_length, "seed": options.seed + 1,
                       "layout": "batch axis" if batched else "leading sample axis"},
-        "calibration": {"origin": str(options.calibration) if options.calibration
+        "calibration": {"origin": Path(options.calibration).name if options.calibration
                         else _origin_summary(exporter.origins["calibration"]),
                         "inputs_origin": exporter.origins["calibration"],
                         "samples": rows(calibration), "seed": options.seed},
@@ -515,6 +517,7 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
         "tools": tool_versions(),
     }
     manifest["files"] = bundle_file_sums(work, variants)
+    manifest = local_paths_removed(manifest, exporting_machine_paths(work, source.path))
     write_manifest(work, manifest)
     return ExportResult(out, manifest, problems)
 
@@ -545,6 +548,14 @@ def measure_openvino_on_onnx(work: Path, variants: List[dict], reference: Feeds,
             problems.append(f"openvino reading {entry['file']} ({precision}, the route it takes without the IR): "
                             f"{missed[0]}; the server will not serve that route")
     return problems
+
+
+def exporting_machine_paths(work: Path, source: Path) -> List[Path]:
+    """Folders of this machine a tool's message may quote (the work folder, the source's, the temporary folder a
+    quantizer works in): kept out of the manifest."""
+    source = Path(source).resolve()
+    return [work, work.resolve(), work.parent.resolve(), source, source.parent, Path.cwd(), Path.home(),
+            Path(tempfile.gettempdir())]
 
 
 def bundle_file_sums(work: Path, variants: List[dict]) -> Dict[str, str]:

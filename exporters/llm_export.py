@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from portable_ep.exporters.errors import ExportError, one_line
-from portable_ep.exporters.manifest import file_entry, now_utc, tool_versions, write_manifest
+from portable_ep.exporters.manifest import file_entry, local_paths_removed, now_utc, tool_versions, write_manifest
 from portable_ep.exporters.progress import Stages
 
 TASK = "text-generation"
@@ -106,7 +106,7 @@ def _load_source(source: Path):
             raise ExportError("reading a .gguf file needs the gguf package: pip install 'portable-ep[smollm2]' or pip install gguf") from None
         kwargs = {"gguf_file": source.name}
         folder = source.parent
-        entry = {"kind": "gguf", "path": str(source), "task": TASK, "framework": "pytorch (transformers, GGUF dequantized to fp32)"}
+        entry = {"kind": "gguf", "path": source.name, "task": TASK, "framework": "pytorch (transformers, GGUF dequantized to fp32)"}
     else:
         if not (source / "config.json").is_file():
             raise ExportError(f"{source} is neither a .gguf file nor a Hugging Face folder with config.json")
@@ -116,7 +116,7 @@ def _load_source(source: Path):
             raise ExportError(f"--task {TASK} needs a causal language model (…ForCausalLM); {source} is "
                               f"{', '.join(architectures) or config.model_type} — export it without --task {TASK}")
         kwargs, folder = {}, source
-        entry = {"kind": "huggingface", "path": str(source), "task": TASK, "framework": "pytorch (transformers)"}
+        entry = {"kind": "huggingface", "path": source.name, "task": TASK, "framework": "pytorch (transformers)"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
@@ -293,7 +293,7 @@ def export_generative(source, out_dir, options: Optional[GenerativeOptions] = No
 
 
 def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, stages: Stages) -> GenerativeResult:
-    from portable_ep.exporters.bundle import bundle_file_sums, remove_variant_files
+    from portable_ep.exporters.bundle import bundle_file_sums, exporting_machine_paths, remove_variant_files
     from portable_ep.backends.routes import route_entry
     from portable_ep.exporters.verify import RUNTIME_OF_FORMAT, variant_session
     from portable_ep.generation.tokenizer import BundleTokenizer
@@ -356,6 +356,7 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
         "budgets": BUDGETS, "variants": variants, "tools": tool_versions(),
     }
     manifest["files"] = bundle_file_sums(work, variants)
+    manifest = local_paths_removed(manifest, exporting_machine_paths(work, source))
     write_manifest(work, manifest)
     return GenerativeResult(work, manifest, problems)
 

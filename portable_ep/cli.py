@@ -95,7 +95,7 @@ def _cmd_supervise(args) -> int:
 def _cmd_verify(args) -> int:
     from portable_ep.verify_bundle import verify_bundle
 
-    return verify_bundle(args.bundle, as_json=args.json)
+    return verify_bundle(args.bundle, as_json=args.json, allow_extra=args.allow_extra)
 
 
 def _csv(value: str) -> list:
@@ -325,11 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check every file of a bundle against the sha256 in its manifest",
         description="Hash every file a bundle's manifest.json records and compare (no cache: every byte is read). "
-        "Exit 0 when all match, 1 naming each file that is missing or differs. The backend does the same for the "
-        "files it loads, and refuses a model whose files do not match.",
+        "Exit 0 when all match, 1 naming each file that is missing or differs, each manifest path that leaves the "
+        "bundle (absolute or with '..'), each symbolic link or special file in it, and each file the manifest does "
+        "not list. The backend does the same for the files it loads, and refuses a model whose files do not match.",
     )
     verify.add_argument("bundle", metavar="BUNDLE", help="a bundle folder (or a model version folder holding one)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument("--allow-extra", action="store_true",
+                        help="pass with files the manifest does not list (they are still named; `repo add` does not copy them)")
     verify.set_defaults(handler=_cmd_verify)
 
     export = verbs.add_parser(

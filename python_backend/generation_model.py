@@ -58,8 +58,8 @@ class BadRequest(ValueError):
 def is_generative(version_dir: Path) -> bool:
     """Does the version folder hold a generative bundle?"""
     manifest = Path(version_dir) / "manifest.json"
-    if not manifest.is_file():
-        return False
+    if manifest.is_symlink() or not manifest.is_file():
+        return False  # a linked manifest is not read: the ordinary loader refuses it, naming the rule
     try:
         return json.loads(manifest.read_text()).get("task") == TASK
     except (OSError, ValueError):

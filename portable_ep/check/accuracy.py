@@ -7,6 +7,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from portable_ep.backends.bundle_paths import confined_path
 from portable_ep.check.target import Target
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, compare_outputs
 from portable_ep.exporters.samples import run_samples
@@ -54,7 +55,7 @@ def _random_inputs(target: Target) -> Optional[Dict[str, np.ndarray]]:
     from portable_ep.exporters.inputs import generate_inputs, vocab_sizes_from_onnx
 
     manifest = target.manifest
-    onnx_path = target.bundle / "model.onnx"
+    onnx_path = confined_path(target.bundle, "model.onnx", "model file")
     vocab = vocab_sizes_from_onnx(onnx_path, target.signature) if onnx_path.is_file() else {}
     if "input_ids" not in vocab and manifest.get("vocab_sizes"):
         vocab.update(manifest["vocab_sizes"])
@@ -90,7 +91,8 @@ def check_accuracy(target: Target, session=None, session_reason: str = "") -> di
     budget = budgets.get(target.precision) or DEFAULT_BUDGETS[target.precision]
     logits = [name for name, kind in (target.manifest["signature"].get("output_kinds") or {}).items() if kind == "logits"]
     reference = target.manifest["reference"]
-    golden_in, golden_out = _load(target.bundle / reference["inputs"]), _load(target.bundle / reference["outputs"])
+    golden_in = _load(confined_path(target.bundle, reference["inputs"], "reference.inputs"))
+    golden_out = _load(confined_path(target.bundle, reference["outputs"], "reference.outputs"))
     results, problems = _compare_served(target, golden_in, golden_out, budget, logits)
     report = {"checked": True, "precision": target.precision, "budget": budget,
               "golden": {"samples": len(next(iter(golden_in.values()))), **_entry(results, problems)}}

@@ -41,7 +41,9 @@ def is_generative(target: Target) -> bool:
 
 def load_golden(target: Target) -> dict:
     info = target.manifest.get("decoder") or {}
-    return json.loads((target.bundle / info.get("golden", GOLDEN_FILE)).read_text())
+    from portable_ep.backends.bundle_paths import confined_path
+
+    return json.loads(confined_path(target.bundle, info.get("golden", GOLDEN_FILE), "decoder.golden").read_text())
 
 
 def _tokenizer(target: Target):

@@ -41,7 +41,9 @@ class CheckOptions:
 def _one_request(target: Target) -> dict:
     from portable_ep.exporters.samples import first_request
 
-    with np.load(target.bundle / target.manifest["reference"]["inputs"]) as data:
+    from portable_ep.backends.bundle_paths import confined_path
+
+    with np.load(confined_path(target.bundle, target.manifest["reference"]["inputs"], "reference.inputs")) as data:
         return first_request({name: data[name] for name in data.files}, target.batched)
 
 

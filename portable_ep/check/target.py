@@ -123,7 +123,9 @@ def resolve(target: Target) -> Target:
             "it chose; pass --metrics-url so the check can judge it by that precision's budget"
         )
     if target.bundle is not None:
-        manifest_path = Path(target.bundle) / "manifest.json"
+        from portable_ep.backends.bundle_paths import confined_path
+
+        manifest_path = confined_path(Path(target.bundle), "manifest.json", "manifest")
         if not manifest_path.is_file():
             raise CheckError(f"--bundle {target.bundle} has no manifest.json (make one with `portable-ep export`)")
         target.manifest = json.loads(manifest_path.read_text())

@@ -10,11 +10,14 @@ Replicas share one read-only repository; it is never written by the server. Sche
   container copies it into an emptyDir (the "model car" pattern; the image is the version).
 - any other URI (``s3://``, ``gs://``, ``https://`` ...): KServe's storage initializer downloads
   it (``--flavor kserve`` only).
+
+A path with a ``..`` component (``pvc://models/../../etc``) is refused for every scheme.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, List, Optional
+from urllib.parse import unquote
 
 DEFAULT_REPOSITORY = "pvc://portable-ep-models"
 MOUNT_PATH = "/models"
@@ -67,6 +70,10 @@ def parse_model_source(uri: Optional[str], flavor: str) -> ModelSource:
         raise DeployError(f"--repository {uri!r}: use pvc://CLAIM[/SUBPATH], hostpath:///PATH, oci://IMAGE"
                           " (or, with --flavor kserve, any storageUri such as s3://BUCKET/PATH)")
     scheme = scheme.lower()
+    if ".." in unquote(rest).split("/"):
+        # A subPath or host path with '..' mounts a folder beside (or above) the repository's: never what is meant.
+        raise DeployError(f"--repository {uri!r} refused: '..' in a repository path leaves the folder it names; "
+                          "give the repository's own path")
     if scheme == "pvc":
         claim, _, subpath = rest.partition("/")
         return ModelSource(uri, scheme, claim, subpath.strip("/") or None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+from portable_ep.backends.bundle_paths import confined_path
 from portable_ep.generation.decoder import Decoder
 from portable_ep.generation.engine import EngineLimits, GenerationEngine
 from portable_ep.generation.tokenizer import BundleTokenizer
@@ -22,8 +23,17 @@ def bundle_decoder(session, manifest: Optional[dict]) -> Decoder:
     return Decoder(session, info.get("num_kv_heads"), info.get("head_dim"))
 
 
+def tokenizer_file(root: Path, manifest: Optional[dict]) -> Path:
+    """The tokenizer.json the manifest names (``decoder.tokenizer``: a folder holding it, or the file), confined to the bundle."""
+    relative = decoder_info(manifest).get("tokenizer", "tokenizer")
+    path = confined_path(root, relative, "decoder.tokenizer")
+    if path.is_dir():
+        path = confined_path(root, f"{relative.rstrip('/')}/tokenizer.json", "decoder.tokenizer")
+    return path
+
+
 def bundle_tokenizer(root: Path, manifest: Optional[dict]) -> BundleTokenizer:
-    return BundleTokenizer(Path(root) / decoder_info(manifest).get("tokenizer", "tokenizer"))
+    return BundleTokenizer(tokenizer_file(Path(root), manifest))
 
 
 def context_length(manifest: Optional[dict]) -> int:
