@@ -79,6 +79,14 @@ def read_beats(folder: Optional[Path] = None) -> Dict[int, Beat]:
     return beats
 
 
+def remove_beat(pid: int, folder: Optional[Path] = None) -> None:
+    """A dead stub's file (a killed stub cannot remove its own)."""
+    try:
+        ((folder or heartbeat_dir()) / f"{pid}.json").unlink()
+    except OSError:
+        pass
+
+
 def stall_cause(beat: Beat, now: float, heartbeat_deadline_s: float, progress_deadline_s: float,
                 process_state: str = "") -> Optional[str]:
     """Why a serving stub counts as stalled, or None. ``process_state``: its /proc state letter."""
@@ -116,9 +124,9 @@ class Heartbeat:
     def start(self) -> "Heartbeat":
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self.write()
         except OSError:
-            return self  # no heartbeat: the supervisor then only sees dead stubs, as before
-        self.write()
+            return self  # no heartbeat (a read-only folder): the supervisor then only sees dead stubs, as before
         self._thread.start()
         return self
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
 from portable_ep.heartbeat import (
-    DEFAULT_HEARTBEAT_DEADLINE_S, DEFAULT_PROGRESS_DEADLINE_S, read_beats, stall_cause,
+    DEFAULT_HEARTBEAT_DEADLINE_S, DEFAULT_PROGRESS_DEADLINE_S, read_beats, remove_beat, stall_cause,
 )
 
 STUB_BINARY = "triton_python_backend_stub"
@@ -341,6 +341,9 @@ class ModelSupervisor:
             return
         beats = read_beats(self.heartbeat_dir)
         now = time.monotonic()
+        for pid in beats:
+            if pid not in stubs and not Path(f"/proc/{pid}").exists():
+                remove_beat(pid, self.heartbeat_dir)  # a stub that died (or was killed) cannot remove its own
         for stub in stubs.values():
             beat = beats.get(stub.pid)
             if stub.dead or beat is None or beat.started != stub.started or stub.model in self._restarts:
@@ -378,6 +381,11 @@ class ModelSupervisor:
             if retry is None:
                 retry = self._load_retries[model] = _LoadRetry(short_reason(reason), next_try=now + 1.0)
                 self._count(model, "load_failures")
+                if self.load_retries <= 0:
+                    retry.gave_up = True
+                    self.log(f"portable-ep supervisor: model {model!r} failed to load: {retry.reason}; not retried "
+                             "(load retries: 0)")
+                    continue
                 self.log(f"portable-ep supervisor: model {model!r} failed to load: {retry.reason}; "
                          f"loading it again in {retry.backoff:.0f} s (attempt 1 of {self.load_retries})")
                 retry.backoff = 2.0

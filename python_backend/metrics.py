@@ -7,8 +7,6 @@
   stub died or stalled (``portable-ep serve`` / ``supervise``), with ``portable_ep_model_last_restart_info``
   naming the cause (signal, exit code, or the stall); ``portable_ep_model_stalls_total`` counts
   the stalls among them;
-- ``portable_ep_model_load_failures_total``: loads of the model that failed before this one
-  succeeded (the supervisor retries a failed load with backoff);
 - ``portable_ep_server_restarts``: how often ``portable-ep serve`` restarted tritonserver after it
   died (the same value on every model; a new server starts the count where the old one stopped),
   with ``portable_ep_server_last_restart_info`` naming the cause;
@@ -48,7 +46,7 @@ class _Counters:
 class BackendMetrics:
     def __init__(self, pb_utils, model: str, version: str, resolution: ChainResolution, precision: str,
                  flush_interval_s: float = FLUSH_INTERVAL_S, restarts: int = 0, restart_cause: str = "",
-                 load_failures: int = 0, stalls: int = 0, server_restarts: int = 0, server_restart_cause: str = ""):
+                 stalls: int = 0, server_restarts: int = 0, server_restart_cause: str = ""):
         family = pb_utils.MetricFamily
         labels = {"model": model, "version": str(version), "provider": resolution.provider}
         # Keep every family and metric referenced: Triton drops a metric once its object is collected.
@@ -64,7 +62,6 @@ class BackendMetrics:
             "restarts": family("portable_ep_model_restarts_total", "Reloads after the model's stub process died", family.COUNTER),
             "last_restart": family("portable_ep_model_last_restart_info", "Why the model's stub last died (always 1)", family.GAUGE),
             "stalls": family("portable_ep_model_stalls_total", "Reloads after the model's stub stalled (no heartbeat or no progress)", family.COUNTER),
-            "load_failures": family("portable_ep_model_load_failures_total", "Failed loads of the model before this one", family.COUNTER),
             # Gauges: every model publishes the same value, and stubs share a metric of the same labels.
             "server_restarts": family("portable_ep_server_restarts", "tritonserver restarts by portable-ep serve after it died", family.GAUGE),
             "server_last_restart": family("portable_ep_server_last_restart_info", "Why tritonserver last died (always 1)", family.GAUGE),
@@ -96,9 +93,6 @@ class BackendMetrics:
         self._stalls = self._families["stalls"].Metric(labels=base)
         if stalls:
             self._stalls.increment(stalls)
-        self._load_failures = self._families["load_failures"].Metric(labels=base)
-        if load_failures:
-            self._load_failures.increment(load_failures)
         if server_restarts:  # absent while there was none: a 0 from one stub must not hide another's count
             self._server_restarts = self._families["server_restarts"].Metric(labels={})
             self._server_restarts.set(server_restarts)

@@ -43,11 +43,11 @@ def restart_note(parameters) -> tuple:
 
 
 def supervisor_counts(parameters) -> dict:
-    """What the supervisor counted before this load, passed as config parameters: loads that failed,
-    stubs found stalled; tritonserver restarts come in the environment (the server is new)."""
+    """What the supervisor counted before this load: stalls in a config parameter; tritonserver
+    restarts in the environment (``portable-ep serve`` starts the new server with them)."""
     import os
 
-    return {"load_failures": _count(parameters, "load_failures"), "stalls": _count(parameters, "stall_count"),
+    return {"stalls": _count(parameters, "stall_count"),
             "server_restarts": _count(os.environ, "PORTABLE_EP_SERVER_RESTARTS"),
             "server_restart_cause": os.environ.get("PORTABLE_EP_SERVER_RESTART_CAUSE", "")}
 
