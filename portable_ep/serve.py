@@ -90,7 +90,7 @@ def serve(
                           + ("; the others are served" if supervise else ""))
         status_url = _start_status(server, console, host, status_port, ready_models) if supervise else None
         console.print(
-            f"portable-ep: serving -- HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
+            f"portable-ep: ready -- HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
             f"(log: {server.log_path}); Ctrl-C stops"
         )
         if supervise:

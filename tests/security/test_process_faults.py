@@ -133,7 +133,7 @@ class Serve:
         self.grpc = f"127.0.0.1:{self.ports['grpc']}"
 
     def wait_serving(self, timeout: float = 90.0) -> None:
-        serving = _wait(lambda: "portable-ep: serving" in self.text() or self.process.poll() is not None, timeout)
+        serving = _wait(lambda: "portable-ep: ready --" in self.text() or self.process.poll() is not None, timeout)
         assert serving and self.process.poll() is None, f"serve is not serving:\n{self.text()[-3000:]}"
         _wait(lambda: _http(self.status + "/v2/health/live")[0] == 200, 10)
 
