@@ -333,10 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     supervise = verbs.add_parser(
         "supervise",
-        help="reload models whose python stub died, for a Triton started elsewhere",
+        help="reload models whose python stub died or stalled, for a Triton started elsewhere",
         description="Watch a tritonserver on this host (same pid namespace) and, when a model's python stub dies "
-        "(OOM kill, segfault), unload the model at once (so it and /v2/health/ready report not ready) and load it "
-        "again. The server must run with --model-control-mode=explicit. `portable-ep serve` does this itself.",
+        "(OOM kill, segfault) or stalls (no heartbeat, no progress), unload the model at once (so it and "
+        "/v2/health/ready report not ready) and load it again; a model that failed to load is loaded again with "
+        "backoff. The server must run with --model-control-mode=explicit. `portable-ep serve` does this itself.",
     )
     supervise.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP address (default: %(default)s)")
     supervise.add_argument("--pid", type=int, help="tritonserver's pid (default: the one tritonserver on this host)")
