@@ -321,6 +321,78 @@ def test_a_stopped_stub_under_traffic_is_killed_and_replaced(tmp_path, mlp_bundl
               f"ready again after {recovered - stopped:.2f} s; {len(after)} requests after the recovery, all right")
 
 
+def _spinner(path: Path) -> Path:
+    """y = x + n: an ONNX Loop that runs n times (n from the request). n = 10**12 keeps ONNX Runtime busy
+    for days with Python's lock released: a runtime call that does not return, while the stub still beats."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    scalar = lambda name, kind: helper.make_tensor_value_info(name, kind, [])  # noqa: E731
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "spin", [scalar("i", TensorProto.INT64), scalar("cond_in", TensorProto.BOOL), scalar("v_in", TensorProto.FLOAT)],
+        [scalar("cond_out", TensorProto.BOOL), scalar("v_out", TensorProto.FLOAT)],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMax", ["n"], ["m"], keepdims=0),
+         helper.make_node("Loop", ["m", "cond", "zero"], ["v"], body=body),
+         helper.make_node("Add", ["x", "v"], ["y"])],
+        "spinner",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("cond", TensorProto.BOOL, [], [True]), helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_runtime_call_that_does_not_return_is_a_stall(tmp_path, installed_backend_dir):
+    from portable_ep.exporters.onnx_signature import onnx_signature
+    from portable_ep.exporters.triton_config import build_model_config, write_model
+
+    model = _spinner(tmp_path / "spinner.onnx")
+    inputs, outputs = onnx_signature(model)
+    write_model(tmp_path / "repository", build_model_config("spinner", inputs, outputs, max_batch_size=4, providers="cpu"),
+                {"model.onnx": model})
+    feeds = lambda n: {"x": np.zeros((1, 4), np.float32), "n": np.full((1, 1), n, np.int64)}  # noqa: E731
+    deadline_s = 2.0
+    with TritonServer(tmp_path / "repository", backend_directory=installed_backend_dir, supervise=True,
+                      progress_deadline_s=deadline_s, extra_args=["--exit-timeout-secs=3"]) as server:
+        client = make_client("grpc", server.grpc_url)
+        try:
+            assert client.infer("spinner", make_inputs("grpc", feeds(3))).as_numpy("y")[0, 0] == 3.0
+            stub = next(s for s in find_stubs(server.process.pid).values() if s.model == "spinner" and not s.dead)
+            stuck = threading.Thread(target=lambda: _ignore(lambda: client.infer(
+                "spinner", make_inputs("grpc", feeds(10**12)), client_timeout=20)), daemon=True)
+            sent = time.monotonic()
+            stuck.start()
+            recovered = _wait(lambda: server.supervisor.events and server.supervisor.events[-1].ready_after_s is not None, 20)
+            assert recovered, server.log_path.with_name("supervisor.log").read_text() if server.supervisor else ""
+            killed_after = server.supervisor.events[-1].died_at - sent
+            other = make_client("grpc", server.grpc_url)
+            try:
+                assert other.infer("spinner", make_inputs("grpc", feeds(5))).as_numpy("y")[0, 0] == 5.0
+            finally:
+                other.close()
+        finally:
+            client.close()
+        event = server.supervisor.events[-1]
+        assert event.stalled and "no progress for" in event.cause and f"deadline {deadline_s:g} s" in event.cause
+        assert deadline_s <= killed_after <= deadline_s + 2.0, killed_after
+        assert not _alive(stub.pid)
+        assert [s["value"] for s in parse_series(server.metrics_text(), "portable_ep_model_stalls_total")
+                if s["model"] == "spinner"] == ["1"]
+        print(f"\nruntime call that does not return (progress deadline {deadline_s:g} s): stub killed after "
+              f"{killed_after:.2f} s, serving again after {event.ready_after_s + killed_after:.2f} s")
+
+
+def _ignore(call) -> None:
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - the request in the killed stub fails or times out: expected
+        pass
+
+
 def test_sigterm_during_export_leaves_no_partial_folder(tmp_path):
     from portable_ep.models.tiny import build_bag_of_words
 
