@@ -30,6 +30,7 @@ from portable_ep.exporters.manifest import (file_entry, local_paths_removed, now
                                             write_manifest)
 from portable_ep.exporters.progress import Stages
 from portable_ep.exporters.signature import Signature, signature_from_onnx
+from portable_ep.interrupts import sigterm_as_interrupt
 from portable_ep.exporters.sources import Source, resolve_source
 from portable_ep.exporters.verify import measure, run_variant, variant_session
 from portable_ep.python_backend.request_limits import ROBERTA_POSITION_OFFSET, limits_from_onnx
@@ -369,24 +370,26 @@ def export_bundle(source_path, out_dir, options: Optional[ExportOptions] = None)
 def write_bundle(out: Path, overwrite: bool, progress: bool, build: Callable[[Path, Stages], "ExportResult"]):
     """Run ``build(work, stages)`` in a temporary folder beside ``out`` and move it into place only when complete.
 
-    A failed or interrupted export leaves ``out`` as it was. ``build`` returns a result whose ``bundle`` is set to ``out``.
+    A failed or interrupted export (Ctrl-C, and SIGTERM handled the same way) leaves ``out`` as it was and no
+    ``.partial-`` folder. ``build`` returns a result whose ``bundle`` is set to ``out``.
     """
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if occupied and not overwrite:
         raise ExportError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        with Stages(progress) as stages:
-            result = build(work, stages)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        work.rename(out)
-        result.bundle = out
-        return result
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+    with sigterm_as_interrupt():
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            with Stages(progress) as stages:
+                result = build(work, stages)
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            work.rename(out)
+            result.bundle = out
+            return result
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def _variant_plan(options: ExportOptions) -> List[Tuple[str, str]]:

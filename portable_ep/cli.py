@@ -67,6 +67,11 @@ def _cmd_serve(args) -> int:
         backend_directory=args.backend_directory,
         quiet=args.quiet,
         supervise=not args.no_supervise,
+        status_port=args.status_port,
+        ready_models=_csv(args.ready_models) if args.ready_models else (),
+        heartbeat_deadline_s=args.heartbeat_deadline,
+        progress_deadline_s=args.stall_deadline,
+        load_retries=args.load_retries,
     )
 
 
@@ -78,7 +83,10 @@ def _cmd_supervise(args) -> int:
 
     host, _, port = args.url.rpartition(":")
     pid = args.pid or find_server_pid(int(port) if port.isdigit() else None)
-    supervisor = ModelSupervisor(args.url, pid, log=lambda line: print(line, flush=True)).start()
+    supervisor = ModelSupervisor(args.url, pid, log=lambda line: print(line, flush=True),
+                                 heartbeat_dir=Path(args.heartbeat_dir) if args.heartbeat_dir else None,
+                                 heartbeat_deadline_s=args.heartbeat_deadline, progress_deadline_s=args.stall_deadline,
+                                 load_retries=args.load_retries).start()
     print(f"portable-ep: supervising tritonserver pid {pid} at {args.url}; Ctrl-C stops", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -260,6 +268,21 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
+def _supervisor_arguments(parser) -> None:
+    from portable_ep.heartbeat import DEFAULT_HEARTBEAT_DEADLINE_S, DEFAULT_PROGRESS_DEADLINE_S
+    from portable_ep.supervisor import DEFAULT_LOAD_RETRIES
+
+    parser.add_argument("--heartbeat-deadline", type=float, default=DEFAULT_HEARTBEAT_DEADLINE_S, metavar="SECONDS",
+                        help="a stub whose heartbeat stops this long (stopped, or stuck holding Python's lock) is "
+                        "killed and its model reloaded (default: %(default)s; 0: off)")
+    parser.add_argument("--stall-deadline", type=float, default=DEFAULT_PROGRESS_DEADLINE_S, metavar="SECONDS",
+                        help="a stub whose request makes no progress this long (a batch in the runtime, or no new "
+                        "token of a generative model) is killed and its model reloaded (default: %(default)s; 0: off)")
+    parser.add_argument("--load-retries", type=int, default=DEFAULT_LOAD_RETRIES, metavar="N",
+                        help="a model that fails to load is loaded again N times, with backoff 1, 2, 4 ... 30 s "
+                        "(default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="portable-ep",
@@ -306,19 +329,31 @@ def build_parser() -> argparse.ArgumentParser:
                        "install` (default: a fresh one per run)")
     serve.add_argument("--quiet", action="store_true", help="do not echo the server log")
     serve.add_argument("--no-supervise", action="store_true",
-                       help="do not supervise the models (by default a model whose python stub dies is reloaded "
-                       "within seconds, and reports not ready until then; that needs Triton's explicit model control)")
+                       help="do not supervise the models (by default a model whose python stub dies or stalls is "
+                       "reloaded within seconds, and reports not ready until then; a model that fails to load is retried; "
+                       "tritonserver is restarted if it dies; that needs Triton's explicit model control)")
+    serve.add_argument("--status-port", type=int, default=8003,
+                       help="serve's own port: /v2/health/ready by --ready-models, /v2/health/live, and /metrics with the "
+                       "supervisor's counts (default: %(default)s; 0: none)")
+    serve.add_argument("--ready-models", metavar="A,B",
+                       help="the status port's /v2/health/ready is true when at least these models are READY (default: "
+                       "every model of the repository). Triton's own /v2/health/ready always needs every model")
+    _supervisor_arguments(serve)
     serve.set_defaults(handler=_cmd_serve)
 
     supervise = verbs.add_parser(
         "supervise",
-        help="reload models whose python stub died, for a Triton started elsewhere",
+        help="reload models whose python stub died or stalled, for a Triton started elsewhere",
         description="Watch a tritonserver on this host (same pid namespace) and, when a model's python stub dies "
-        "(OOM kill, segfault), unload the model at once (so it and /v2/health/ready report not ready) and load it "
-        "again. The server must run with --model-control-mode=explicit. `portable-ep serve` does this itself.",
+        "(OOM kill, segfault) or stalls (no heartbeat, no progress), unload the model at once (so it and "
+        "/v2/health/ready report not ready) and load it again; a model that failed to load is loaded again with "
+        "backoff. The server must run with --model-control-mode=explicit. `portable-ep serve` does this itself.",
     )
     supervise.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP address (default: %(default)s)")
     supervise.add_argument("--pid", type=int, help="tritonserver's pid (default: the one tritonserver on this host)")
+    supervise.add_argument("--heartbeat-dir", metavar="DIR", help="where the stubs write their heartbeats (default: the "
+                           "server's $PORTABLE_EP_HEARTBEAT_DIR, else <tmp>/portable-ep-heartbeats-<uid>)")
+    _supervisor_arguments(supervise)
     supervise.set_defaults(handler=_cmd_supervise)
 
     verify = verbs.add_parser(
@@ -517,8 +552,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     debug = "--debug" in argv
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     args.debug = debug
+    from portable_ep.interrupts import Terminated, install_sigterm_as_interrupt
+
+    install_sigterm_as_interrupt()  # an export or `repo add` cleans up its partial folder (serve sets its own)
     try:
         return args.handler(args)
+    except Terminated as stopped:
+        return 128 + int(stopped.signum)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one readable line, never a traceback, unless --debug

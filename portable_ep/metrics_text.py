@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List
 
-_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)\{(?P<labels>.*)\}\s+(?P<value>\S+)$')
+_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -14,7 +14,7 @@ def parse_series(text: str, name: str) -> List[Dict[str, str]]:
     for line in text.splitlines():
         match = _LINE.match(line)
         if match and match.group("name") == name:
-            sample = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(match.group("labels"))}
+            sample = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(match.group("labels") or "")}
             sample["value"] = match.group("value")
             samples.append(sample)
     return samples

@@ -1,17 +1,26 @@
-"""``portable-ep serve``: run tritonserver on a model repository until Ctrl-C / SIGTERM."""
+"""``portable-ep serve``: run tritonserver on a model repository until Ctrl-C / SIGTERM.
+
+serve owns its processes (docs/self-healing.md): tritonserver and its stubs are one process
+group that dies with serve (parent-death signal) and is restarted when it dies; a model that
+fails to load is reported with its reason and retried while the others serve.
+"""
 from __future__ import annotations
 
 import signal
 import sys
 import threading
-from typing import Optional
+from typing import Optional, Sequence
 
 from portable_ep.console import make_console
 from rich.markup import escape
 from rich.table import Table
 
+from portable_ep.heartbeat import DEFAULT_HEARTBEAT_DEADLINE_S, DEFAULT_PROGRESS_DEADLINE_S
 from portable_ep.metrics_text import served_providers
+from portable_ep.supervisor import DEFAULT_LOAD_RETRIES, short_reason
 from portable_ep.triton_process import TritonServer
+
+DEFAULT_STATUS_PORT = 8003
 
 
 def describe_models(server: TritonServer) -> Table:
@@ -22,7 +31,7 @@ def describe_models(server: TritonServer) -> Table:
     for entry in server.repository_index():
         name = entry.get("name", "")
         info = providers.get(name)
-        detail = info["description"] if info else entry.get("reason", "")
+        detail = info["description"] if info else short_reason(entry.get("reason", ""))
         table.add_row(name, entry.get("state", ""), info["provider"] if info else "-", info["precision"] if info else "-", escape(detail))
     return table
 
@@ -34,11 +43,16 @@ def serve(
     http_port: Optional[int] = 8000,
     grpc_port: Optional[int] = 8001,
     metrics_port: Optional[int] = 8002,
+    status_port: Optional[int] = DEFAULT_STATUS_PORT,
+    ready_models: Sequence[str] = (),
     tritonserver: Optional[str] = None,
     backend_directory: Optional[str] = None,
     quiet: bool = False,
     ready_timeout: float = 300.0,
     supervise: bool = True,
+    heartbeat_deadline_s: float = DEFAULT_HEARTBEAT_DEADLINE_S,
+    progress_deadline_s: float = DEFAULT_PROGRESS_DEADLINE_S,
+    load_retries: int = DEFAULT_LOAD_RETRIES,
 ) -> int:
     console = make_console(stderr=True)
     server = TritonServer(
@@ -51,6 +65,10 @@ def serve(
         backend_directory=backend_directory,
         echo=None if quiet else sys.stderr,
         supervise=supervise,
+        heartbeat_deadline_s=heartbeat_deadline_s,
+        progress_deadline_s=progress_deadline_s,
+        load_retries=load_retries,
+        on_restart=lambda restarted: console.print(describe_models(restarted)),
     )
     stop = threading.Event()
 
@@ -63,16 +81,50 @@ def serve(
     console.print(f"portable-ep: starting {server.installation.binary} on {repository}")
     with server:
         console.print(describe_models(server))
+        unknown = sorted(set(ready_models) - {entry.get("name", "") for entry in server.repository_index()})
+        if unknown:
+            console.print(f"portable-ep: --ready-models names {', '.join(unknown)}, not in {repository}: "
+                          "readiness on the status port stays false until they are")
+        for model, reason in server.unavailable_models().items():
+            console.print(f"portable-ep: model {model!r} is UNAVAILABLE: {escape(reason)}"
+                          + ("; the others are served" if supervise else ""))
+        status_url = _start_status(server, console, host, status_port, ready_models) if supervise else None
         console.print(
             f"portable-ep: ready -- HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
             f"(log: {server.log_path}); Ctrl-C stops"
         )
         if supervise:
-            console.print("portable-ep: supervising the models: a model whose stub dies is reloaded, not ready until it serves again")
+            console.print(
+                "portable-ep: supervising: a model whose stub dies or stalls is reloaded (not ready meanwhile), a model "
+                "that failed to load is retried, tritonserver is restarted if it dies. Readiness: "
+                f"{server.http_url}/v2/health/ready is true when every model is READY"
+                + (f"; {status_url}/v2/health/ready when "
+                   f"{'at least ' + ', '.join(ready_models) + ' are' if ready_models else 'every model is'} READY "
+                   "(and /metrics there: the supervisor's counts)" if status_url else "")
+            )
         while not stop.wait(0.5):
-            if server.process.poll() is not None:
+            if server.gave_up:
+                console.print(f"portable-ep: {server.gave_up}")
+                server.stop()
+                return 1
+            if not supervise and server.process.poll() is not None:
                 console.print(f"portable-ep: tritonserver exited with code {server.process.returncode}")
+                server.stop()  # its stubs too
                 return server.process.returncode or 1
         code = server.stop()
     console.print(f"portable-ep: tritonserver stopped (exit code {code})")
     return 0 if code in (0, None) else code
+
+
+def _start_status(server: TritonServer, console, host: str, port: Optional[int], ready_models: Sequence[str]):
+    if not port:
+        return None
+    from portable_ep.serve_status import ServeStatus, start_status_server
+
+    try:
+        start_status_server(ServeStatus(server, ready_models), host, port)
+    except OSError as exc:
+        console.print(f"portable-ep: warning: status port {host}:{port} unavailable ({exc}); "
+                      "pass --status-port with a free port (0: none)")
+        return None
+    return f"{host}:{port}"

@@ -16,6 +16,12 @@ watches the server's stub processes:
   ``restart_count`` and ``restart_cause``, which the backend logs and publishes as
   ``portable_ep_model_restarts_total`` on ``/metrics``. A load that fails is retried
   with backoff, the model staying not ready until one succeeds.
+- **stalls**: a stub that stops beating, or whose request makes no progress past a
+  deadline (``portable_ep.heartbeat``), is killed and then handled like a dead one, the
+  stall named as the cause and counted (``stall_count`` -> ``portable_ep_model_stalls_total``).
+- **failed loads**: a model that failed to load (Triton lists it UNAVAILABLE with the
+  reason) is loaded again with backoff, ``load_retries`` times at most; the attempts are
+  counted (``counters``), and the reason stays in Triton's repository index.
 
 ``portable-ep serve`` runs tritonserver with ``--model-control-mode=explicit
 --load-model=*`` and this supervisor. A Triton started elsewhere gets the same from
@@ -36,11 +42,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
+from portable_ep.heartbeat import (
+    DEFAULT_HEARTBEAT_DEADLINE_S, DEFAULT_PROGRESS_DEADLINE_S, read_beats, remove_beat, stall_cause,
+)
+
 STUB_BINARY = "triton_python_backend_stub"
 RESTART_COUNT = "restart_count"
 RESTART_CAUSE = "restart_cause"
+STALL_COUNT = "stall_count"
 POLL_INTERVAL_S = 0.2
 MAX_BACKOFF_S = 30.0
+DEFAULT_LOAD_RETRIES = 8  # 1+2+4+8+16+30+30+30 s: about two minutes of a cause that may pass (memory, a device)
+INDEX_INTERVAL_S = 1.0  # how often the repository index is read for failed loads
 # The old instance's teardown usually takes ~1 s; sometimes Triton's python backend waits far
 # longer on a stub it has not yet seen dead (seen: > 10 s). Recovery must not wait for that.
 UNLOAD_TIMEOUT_S = 3.0
@@ -171,6 +184,25 @@ class RestartEvent:
     ready_after_s: Optional[float] = None  # None until the model serves again
     count: int = 0
     error: str = ""
+    stalled: bool = False  # killed by the supervisor because it stalled
+
+
+def short_reason(reason: str) -> str:
+    """Triton's load-failure reason without the Python traceback the stub appends ("At: ...")."""
+    text = reason.split("\n\nAt:", 1)[0].strip()
+    text = text.split(" is at UNAVAILABLE state: ", 1)[-1]  # a failed load call: "<path>: HTTP 400: load failed ..."
+    return text[len("Internal: "):] if text.startswith("Internal: ") else text
+
+
+@dataclass
+class _LoadRetry:
+    """A model whose load failed: tried again with backoff, ``attempts`` so far."""
+
+    reason: str
+    attempts: int = 0
+    next_try: float = 0.0
+    backoff: float = 1.0
+    gave_up: bool = False
 
 
 @dataclass
@@ -197,14 +229,24 @@ class ModelSupervisor:
     """Watches one tritonserver's stubs and reloads a model whose stub died (see the module doc)."""
 
     def __init__(self, http_url: str, server_pid: int, log: Callable[[str], None] = print,
-                 interval_s: float = POLL_INTERVAL_S):
+                 interval_s: float = POLL_INTERVAL_S, heartbeat_dir: Optional[Path] = None,
+                 heartbeat_deadline_s: float = DEFAULT_HEARTBEAT_DEADLINE_S,
+                 progress_deadline_s: float = DEFAULT_PROGRESS_DEADLINE_S, load_retries: int = DEFAULT_LOAD_RETRIES):
         self.server_pid = server_pid
         self.log = log
         self.interval_s = interval_s
+        self.heartbeat_dir = heartbeat_dir
+        self.heartbeat_deadline_s = heartbeat_deadline_s
+        self.progress_deadline_s = progress_deadline_s
+        self.load_retries = load_retries
         self._client = RepositoryAPI(http_url)
         self._known = _Known()
         self._restarts: Dict[str, _Restart] = {}  # model -> its recovery in progress
+        self._load_retries: Dict[str, _LoadRetry] = {}  # model -> its failed load being retried
+        self._next_index = 0.0
         self.events: List[RestartEvent] = []
+        #: What the supervisor counted, per model: stub deaths, stalls, failed loads (serve's /metrics).
+        self.counters: Dict[str, Dict[str, int]] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -263,6 +305,13 @@ class ModelSupervisor:
             known.alive.pop(key)
         if unnamed:
             self._name_unseen_deaths(unnamed, stubs)
+        self._check_stalls(stubs)
+        if time.monotonic() >= self._next_index:
+            self._next_index = time.monotonic() + INDEX_INTERVAL_S
+            try:
+                self._retry_failed_loads()
+            except Exception as exc:  # noqa: BLE001 - the recoveries below must still advance
+                self.log(f"portable-ep supervisor: cannot read the repository index ({type(exc).__name__}: {exc})")
         finished = []
         for model, restart in list(self._restarts.items()):
             if time.monotonic() < restart.next_try:
@@ -285,6 +334,87 @@ class ModelSupervisor:
             if model not in alive_models and model not in self._restarts:
                 status = zombies[0].wait_status if len(zombies) == 1 else None
                 self._begin(StubProcess(zombies[0].pid, model, f"{model} (instance unknown)", "Z", status, zombies[0].started))
+
+    def _check_stalls(self, stubs: Dict[int, StubProcess]) -> None:
+        """A live stub whose heartbeat says stalled is killed, and its model restarted with that cause."""
+        if self.heartbeat_deadline_s <= 0 and self.progress_deadline_s <= 0:
+            return
+        beats = read_beats(self.heartbeat_dir)
+        now = time.monotonic()
+        for pid in beats:
+            if pid not in stubs and not Path(f"/proc/{pid}").exists():
+                remove_beat(pid, self.heartbeat_dir)  # a stub that died (or was killed) cannot remove its own
+        for stub in stubs.values():
+            beat = beats.get(stub.pid)
+            if stub.dead or beat is None or beat.started != stub.started or stub.model in self._restarts:
+                continue
+            cause = stall_cause(beat, now, self.heartbeat_deadline_s, self.progress_deadline_s, stub.state)
+            if cause is None or stub.key not in self._known.alive:
+                continue
+            try:
+                os.kill(stub.pid, signal.SIGKILL)  # SIGKILL ends a stopped process too
+            except ProcessLookupError:
+                pass
+            self._known.alive.pop(stub.key, None)
+            self._known.handled.add(stub.key)
+            self._count(stub.model, "stalls")
+            self._restarts[stub.model] = _Restart(stub, RestartEvent(stub.model, stub.instance, cause, died_at=now,
+                                                                     stalled=True))
+
+    def _count(self, model: str, what: str) -> None:
+        counts = self.counters.setdefault(model, {"restarts": 0, "stalls": 0, "load_failures": 0})
+        counts[what] += 1
+
+    def _retry_failed_loads(self) -> None:
+        """Models Triton lists UNAVAILABLE for a reason other than an unload: loaded again, with backoff."""
+        index = self._client.get_model_repository_index()
+        now = time.monotonic()
+        for entry in index:
+            model, state, reason = entry.get("name", ""), entry.get("state", ""), entry.get("reason", "")
+            if state == "READY":
+                self._load_retries.pop(model, None)
+                continue
+            failed = state == "UNAVAILABLE" and reason and reason != "unloaded"
+            if not failed or model in self._restarts:
+                continue
+            retry = self._load_retries.get(model)
+            if retry is None:
+                retry = self._load_retries[model] = _LoadRetry(short_reason(reason), next_try=now + 1.0)
+                self._count(model, "load_failures")
+                if self.load_retries <= 0:
+                    retry.gave_up = True
+                    self.log(f"portable-ep supervisor: model {model!r} failed to load: {retry.reason}; not retried "
+                             "(load retries: 0)")
+                    continue
+                self.log(f"portable-ep supervisor: model {model!r} failed to load: {retry.reason}; "
+                         f"loading it again in {retry.backoff:.0f} s (attempt 1 of {self.load_retries})")
+                retry.backoff = 2.0
+                continue
+            if retry.gave_up or now < retry.next_try:
+                continue
+            retry.attempts += 1
+            try:
+                self._client.load_model(model)
+            except Exception as exc:  # noqa: BLE001 - the reason is Triton's; counted and retried
+                retry.reason = short_reason(str(exc))
+                self._count(model, "load_failures")
+                if retry.attempts >= self.load_retries:
+                    retry.gave_up = True
+                    self.log(f"portable-ep supervisor: model {model!r} still fails to load after {retry.attempts} retries "
+                             f"({retry.reason}); giving up: it stays UNAVAILABLE until it is fixed and loaded "
+                             f"(POST /v2/repository/models/{model}/load)")
+                    continue
+                self.log(f"portable-ep supervisor: model {model!r} failed to load again ({retry.reason}); "
+                         f"retrying in {retry.backoff:.0f} s (attempt {retry.attempts + 1} of {self.load_retries})")
+                retry.next_try = time.monotonic() + retry.backoff
+                retry.backoff = min(retry.backoff * 2, MAX_BACKOFF_S)
+                continue
+            self._load_retries.pop(model, None)
+            self.log(f"portable-ep supervisor: model {model!r} loaded at retry {retry.attempts}")
+
+    def load_failures(self) -> Dict[str, str]:
+        """Models whose load failed and is being retried (or was given up), with the reason."""
+        return {model: retry.reason for model, retry in self._load_retries.items()}
 
     # -- recovery --------------------------------------------------------------------
     def _loaded_models(self) -> Dict[str, str]:
@@ -319,10 +449,14 @@ class ModelSupervisor:
             event.count = int((parameters.get(RESTART_COUNT) or {}).get("string_value") or 0) + 1
             parameters[RESTART_COUNT] = {"string_value": str(event.count)}
             parameters[RESTART_CAUSE] = {"string_value": f"stub {stub.instance} (pid {stub.pid}) {event.cause}"}
+            if event.stalled:
+                stalls = int((parameters.get(STALL_COUNT) or {}).get("string_value") or 0) + 1
+                parameters[STALL_COUNT] = {"string_value": str(stalls)}
+            self._count(stub.model, "restarts")
             restart.config = config
             self.log(
-                f"portable-ep supervisor: model {stub.model!r}: stub {stub.instance} (pid {stub.pid}) {event.cause}; "
-                f"marking it not ready and reloading it (restart {event.count})"
+                f"portable-ep supervisor: model {stub.model!r}: stub {stub.instance} (pid {stub.pid}) {event.cause}"
+                f"{'; killed it' if event.stalled else ''}; marking it not ready and reloading it (restart {event.count})"
             )
             # The model's other instances go down with it: their exit is ours, not a crash.
             for key, other in list(self._known.alive.items()):
@@ -344,7 +478,8 @@ class ModelSupervisor:
             return False
         event.ready_after_s = time.monotonic() - event.died_at
         event.error = ""
-        self.log(f"portable-ep supervisor: model {stub.model!r} ready again {event.ready_after_s:.1f} s after its stub died")
+        self.log(f"portable-ep supervisor: model {stub.model!r} ready again {event.ready_after_s:.1f} s after its stub "
+                 f"{'stalled' if event.stalled else 'died'}")
         return True
 
 

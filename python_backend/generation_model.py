@@ -262,6 +262,13 @@ class GenerationServing:
         self.metrics = metrics
         self.sender = ResponseSender(log)
         self.log_info = log_info
+        self._pending = 0  # requests submitted and not yet finished: the heartbeat's measure of work
+        self._pending_lock = threading.Lock()
+
+    def progress(self) -> tuple:
+        """(requests in flight, tokens generated so far): the heartbeat calls a stall no new token
+        while requests are in flight (portable_ep.heartbeat)."""
+        return self._pending, self.engine.tokens
 
     def execute(self, requests):
         pb = self.pb
@@ -272,8 +279,14 @@ class GenerationServing:
                 self.engine.check_params(params)  # before tokenizing: refusals that cost nothing come first
                 responses = ResponseStream(pb, sender, prompt, stream, exclude, on_done=self._done,
                                            log_info=self.log_info)
-                self.engine.submit(GenerationRequest(self.tokenizer.encode(prompt), params, self.sender.wrap(responses),
-                                                     is_cancelled=sender.is_cancelled))
+                with self._pending_lock:
+                    self._pending += 1
+                try:
+                    self.engine.submit(GenerationRequest(self.tokenizer.encode(prompt), params,
+                                                         self.sender.wrap(responses), is_cancelled=sender.is_cancelled))
+                except BaseException:
+                    self._settle()
+                    raise
             except (BadRequest, SamplingError, RequestRefused) as exc:
                 self._refuse(sender, str(exc))
             except Exception as exc:  # noqa: BLE001 - this request only; the model keeps serving
@@ -286,7 +299,12 @@ class GenerationServing:
         if self.metrics is not None:
             self.metrics.record_execution(1, 1, 0.0)
 
+    def _settle(self) -> None:
+        with self._pending_lock:
+            self._pending = max(0, self._pending - 1)
+
     def _done(self, output: Output) -> None:
+        self._settle()
         if self.metrics is not None:  # cancelled and failed requests count as errors
             failed = output.error is not None or output.finish_reason == "cancelled"
             self.metrics.record_execution(1, int(failed), 0.0)

@@ -4,8 +4,12 @@
 - ``portable_ep_provider_skipped``: 1 for each provider the chain skipped, with the reason
   (the fallback, and why);
 - ``portable_ep_model_restarts_total``: how often the supervisor reloaded the model after its
-  stub died (``portable-ep serve`` / ``supervise``), with ``portable_ep_model_last_restart_info``
-  naming the cause (signal or exit code);
+  stub died or stalled (``portable-ep serve`` / ``supervise``), with ``portable_ep_model_last_restart_info``
+  naming the cause (signal, exit code, or the stall); ``portable_ep_model_stalls_total`` counts
+  the stalls among them;
+- ``portable_ep_server_restarts``: how often ``portable-ep serve`` restarted tritonserver after it
+  died (the same value on every model; a new server starts the count where the old one stopped),
+  with ``portable_ep_server_last_restart_info`` naming the cause;
 - ``portable_ep_requests_total`` / ``portable_ep_request_errors_total`` /
   ``portable_ep_executions_total`` / ``portable_ep_provider_seconds_total`` per provider.
 - ``portable_ep_provider_calls_total`` / ``portable_ep_padded_calls_total``: runtime calls
@@ -41,7 +45,8 @@ class _Counters:
 
 class BackendMetrics:
     def __init__(self, pb_utils, model: str, version: str, resolution: ChainResolution, precision: str,
-                 flush_interval_s: float = FLUSH_INTERVAL_S, restarts: int = 0, restart_cause: str = ""):
+                 flush_interval_s: float = FLUSH_INTERVAL_S, restarts: int = 0, restart_cause: str = "",
+                 stalls: int = 0, server_restarts: int = 0, server_restart_cause: str = ""):
         family = pb_utils.MetricFamily
         labels = {"model": model, "version": str(version), "provider": resolution.provider}
         # Keep every family and metric referenced: Triton drops a metric once its object is collected.
@@ -56,6 +61,10 @@ class BackendMetrics:
             "padded": family("portable_ep_padded_calls_total", "Runtime calls that padded requests of different lengths together", family.COUNTER),
             "restarts": family("portable_ep_model_restarts_total", "Reloads after the model's stub process died", family.COUNTER),
             "last_restart": family("portable_ep_model_last_restart_info", "Why the model's stub last died (always 1)", family.GAUGE),
+            "stalls": family("portable_ep_model_stalls_total", "Reloads after the model's stub stalled (no heartbeat or no progress)", family.COUNTER),
+            # Gauges: every model publishes the same value, and stubs share a metric of the same labels.
+            "server_restarts": family("portable_ep_server_restarts", "tritonserver restarts by portable-ep serve after it died", family.GAUGE),
+            "server_last_restart": family("portable_ep_server_last_restart_info", "Why tritonserver last died (always 1)", family.GAUGE),
         }
         session = resolution.session
         self._info = self._families["info"].Metric(
@@ -83,6 +92,15 @@ class BackendMetrics:
             self._restarts.increment(restarts)
             self._last_restart = self._families["last_restart"].Metric(labels={**base, "cause": restart_cause[:_REASON_LABEL_LIMIT]})
             self._last_restart.set(1)
+        self._stalls = self._families["stalls"].Metric(labels=base)
+        if stalls:
+            self._stalls.increment(stalls)
+        if server_restarts:  # absent while there was none: a 0 from one stub must not hide another's count
+            self._server_restarts = self._families["server_restarts"].Metric(labels={})
+            self._server_restarts.set(server_restarts)
+            self._server_last_restart = self._families["server_last_restart"].Metric(
+                labels={"cause": server_restart_cause[:_REASON_LABEL_LIMIT]})
+            self._server_last_restart.set(1)
         self._requests = self._families["requests"].Metric(labels=labels)
         self._errors = self._families["errors"].Metric(labels=labels)
         self._executions = self._families["executions"].Metric(labels=labels)

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from portable_ep.heartbeat import Heartbeat
 from portable_ep.python_backend.batching import BatchExecutor
 from portable_ep.python_backend.generation_model import GenerationServing, is_generative, load_generator
 from portable_ep.python_backend.metrics import BackendMetrics
@@ -30,13 +31,26 @@ def _check_numpy(logger) -> None:
         )
 
 
+def _count(parameters, key: str) -> int:
+    try:
+        return max(0, int(parameters.get(key) or 0))
+    except ValueError:
+        return 0
+
+
 def restart_note(parameters) -> tuple:
     """(restarts so far, last cause) from the parameters the supervisor adds when it reloads a model."""
-    try:
-        count = int(parameters.get("restart_count") or 0)
-    except ValueError:
-        count = 0
-    return count, parameters.get("restart_cause", "")
+    return _count(parameters, "restart_count"), parameters.get("restart_cause", "")
+
+
+def supervisor_counts(parameters) -> dict:
+    """What the supervisor counted before this load: stalls in a config parameter; tritonserver
+    restarts in the environment (``portable-ep serve`` starts the new server with them)."""
+    import os
+
+    return {"stalls": _count(parameters, "stall_count"),
+            "server_restarts": _count(os.environ, "PORTABLE_EP_SERVER_RESTARTS"),
+            "server_restart_cause": os.environ.get("PORTABLE_EP_SERVER_RESTART_CAUSE", "")}
 
 
 def mixed_length_policy(config, loaded):
@@ -63,16 +77,27 @@ class TritonModel:
         self.pb = pb_utils
 
     def initialize(self, args):
-        pb, log = self.pb, self.pb.Logger
+        log = self.pb.Logger
         _check_numpy(log)
         raw_config = json.loads(args["model_config"])
         config = parse_model_config(raw_config)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         device_id = int(args.get("model_instance_device_id") or 0)
         self.generation = None
-        if is_generative(version_dir):
-            self._initialize_generation(args, raw_config, config, version_dir, device_id)
-            return
+        # Beating from the start, but judged only once serving: a long compile is not a stall.
+        self.heartbeat = Heartbeat(config.name).start()
+        try:
+            if is_generative(version_dir):
+                self._initialize_generation(args, raw_config, config, version_dir, device_id)
+            else:
+                self._initialize_tensors(args, config, version_dir, device_id)
+        except BaseException:
+            self.heartbeat.close()
+            raise
+        self.heartbeat.serving = True
+
+    def _initialize_tensors(self, args, config, version_dir, device_id) -> None:
+        log = self.pb.Logger
         loaded = load_model(config, version_dir, device_id=device_id)
         resolution = loaded.resolution
         where = f"{LOG_PREFIX}: model {config.name!r} instance {args.get('model_instance_name', '')}"
@@ -91,11 +116,12 @@ class TritonModel:
         log.log_info(f"{where}: {self.executor.mixed.describe()}")
         restarts, cause = restart_note(config.parameters)
         if restarts:
-            log.log_warn(f"{where}: restart {restarts} after the model's stub died: {cause}")
+            log.log_warn(f"{where}: restart {restarts} after the model's stub died or stalled: {cause}")
         # Every instance is reloaded with the model: only the first of its group publishes the count.
         first_instance = str(args.get("model_instance_name", "")).rsplit("_", 1)[-1] == "0"
-        self.metrics = BackendMetrics(pb, config.name, args["model_version"], resolution, loaded.precision,
-                                      restarts=restarts if first_instance else 0, restart_cause=cause)
+        self.metrics = BackendMetrics(self.pb, config.name, args["model_version"], resolution, loaded.precision,
+                                      restarts=restarts if first_instance else 0, restart_cause=cause,
+                                      **(supervisor_counts(config.parameters) if first_instance else {}))
 
     def _initialize_generation(self, args, raw_config, config, version_dir, device_id) -> None:
         log = self.pb.Logger
@@ -111,12 +137,14 @@ class TritonModel:
         self.config, self.session = config, resolution.session
         restarts, cause = restart_note(config.parameters)
         if restarts:
-            log.log_warn(f"{where}: restart {restarts} after the model's stub died: {cause}")
+            log.log_warn(f"{where}: restart {restarts} after the model's stub died or stalled: {cause}")
         first_instance = str(args.get("model_instance_name", "")).rsplit("_", 1)[-1] == "0"
         self.metrics = BackendMetrics(self.pb, config.name, args["model_version"], resolution, loaded.resolved.precision,
-                                      restarts=restarts if first_instance else 0, restart_cause=cause)
+                                      restarts=restarts if first_instance else 0, restart_cause=cause,
+                                      **(supervisor_counts(config.parameters) if first_instance else {}))
         self.generation = GenerationServing(self.pb, config, loaded, self.metrics, log=log.log_error,
                                            log_info=lambda message: log.log_info(f"{where}: {message}"))
+        self.heartbeat.watch(self.generation.progress)
 
     def execute(self, requests):
         if self.generation is not None:
@@ -126,7 +154,11 @@ class TritonModel:
         executor = self.executor
         calls, padded = executor.provider_calls, executor.padded_calls
         started = time.perf_counter()
-        results = executor.execute(feeds)
+        self.heartbeat.begin()  # a batch that never returns is a stall (portable_ep.heartbeat)
+        try:
+            results = executor.execute(feeds)
+        finally:
+            self.heartbeat.end()
         elapsed = time.perf_counter() - started
         responses = []
         errors = 0
@@ -142,6 +174,7 @@ class TritonModel:
         return responses
 
     def finalize(self):
+        self.heartbeat.close()
         if self.generation is not None:
             self.generation.finalize()
             self.metrics.close()

@@ -212,3 +212,151 @@ def test_a_copy_that_keeps_mtime_is_hashed_again(tmp_path):
     os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and the old mtime, as `cp -p` keeps it
     with pytest.raises(IntegrityError, match="openvino/model.bin"):
         verify_for_load(tmp_path / "b", manifest, VerifiedCache(tmp_path / "cache.json"))
+
+
+# -- stalled stubs, failed loads, process ownership (issue 24) -------------------------------------
+
+def _beat(beat: float, stalled_since=None, serving=True):
+    from portable_ep.heartbeat import Beat
+
+    return Beat(pid=1, started=1, model="m", beat=beat, stalled_since=stalled_since, serving=serving)
+
+
+@pytest.mark.parametrize("beat, state, words", [
+    (_beat(100.0), "S", None),  # beating, idle
+    (_beat(97.0), "T", ["no heartbeat for 3.0 s", "stopped", "deadline 2 s"]),
+    (_beat(97.0), "S", ["no heartbeat for 3.0 s", "deadline 2 s"]),
+    (_beat(99.9, stalled_since=94.0), "S", ["no progress for 6.0 s", "deadline 5 s"]),
+    (_beat(99.9, stalled_since=96.0), "S", None),  # busy for 4 s: under the progress deadline
+    (_beat(90.0, serving=False), "S", None),  # still initializing: a long compile is not a stall
+])
+def test_stall_cause(beat, state, words):
+    from portable_ep.heartbeat import stall_cause
+
+    cause = stall_cause(beat, now=100.0, heartbeat_deadline_s=2.0, progress_deadline_s=5.0, process_state=state)
+    if words is None:
+        assert cause is None
+    else:
+        assert cause is not None and all(w in cause for w in words), cause
+        assert ("stopped" in cause) == (state == "T")
+    assert stall_cause(_beat(0.0, stalled_since=0.0), 100.0, 0, 0) is None  # both deadlines off
+
+
+def test_heartbeat_reports_work_without_progress(tmp_path):
+    from portable_ep.heartbeat import Heartbeat, read_beats
+
+    heartbeat = Heartbeat("m", folder=tmp_path, interval_s=0.05).start()
+    try:
+        beat = read_beats(tmp_path)[os.getpid()]
+        assert beat.model == "m" and not beat.serving and beat.stalled_since is None
+        heartbeat.serving = True
+        heartbeat.begin()
+        time.sleep(0.2)
+        busy = read_beats(tmp_path)[os.getpid()]
+        assert busy.serving and busy.stalled_since is not None and busy.beat > busy.stalled_since
+        heartbeat.end()
+        time.sleep(0.2)
+        assert read_beats(tmp_path)[os.getpid()].stalled_since is None
+        # A model with threads of its own (generation): pending work and a counter that must move.
+        state = {"pending": 1, "tokens": 0}
+        heartbeat.watch(lambda: (state["pending"], state["tokens"]))
+        time.sleep(0.2)
+        first = read_beats(tmp_path)[os.getpid()].stalled_since
+        time.sleep(0.2)
+        assert first is not None and read_beats(tmp_path)[os.getpid()].stalled_since == first  # no new token
+        state["tokens"] = 5
+        time.sleep(0.2)
+        assert read_beats(tmp_path)[os.getpid()].stalled_since > first  # a token is progress
+        state["pending"] = 0
+        time.sleep(0.2)
+        assert read_beats(tmp_path)[os.getpid()].stalled_since is None
+    finally:
+        heartbeat.close()
+    assert not list(tmp_path.iterdir())  # the file goes with the stub
+
+
+def test_short_reason_cuts_the_stub_traceback_and_the_load_call():
+    from portable_ep.supervisor import short_reason
+
+    at_load = "Internal: IntegrityError: bundle b failed its integrity check: model.onnx\n\nAt:\n  integrity.py(137): verify_for_load\n"
+    assert short_reason(at_load) == "IntegrityError: bundle b failed its integrity check: model.onnx"
+    retried = ("/v2/repository/models/bad/load: HTTP 400: load failed for model 'bad': version 1 is at UNAVAILABLE state: "
+               "Internal: IntegrityError: x\n\nAt:\n  y")
+    assert short_reason(retried) == "IntegrityError: x"
+
+
+_ORPHANING_PARENT = """
+import subprocess, sys, time
+from portable_ep.process_tree import dying_with_parent
+child = subprocess.Popen(dying_with_parent(["/bin/sleep", "60"]))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_child_started_dying_with_parent_dies_with_it():
+    """The parent-death signal: SIGKILL of the parent (no cleanup can run) still ends the child."""
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHANING_PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] != b"/bin/sleep" and time.monotonic() < deadline:
+            time.sleep(0.02)  # the launcher execs sleep
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the child outlived its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_kill_group_ends_every_process_of_the_group():
+    from portable_ep.process_tree import group_members, kill_group
+
+    leader = subprocess.Popen(["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while len(group_members(leader.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        members = group_members(leader.pid)
+        assert len(members) == 3
+        assert sorted(kill_group(leader.pid)) == sorted(members)
+        assert group_members(leader.pid) == []
+    finally:
+        leader.wait(timeout=5)
+
+
+_TERMINATED_WORK = """
+import sys, time
+from pathlib import Path
+from portable_ep.interrupts import sigterm_as_interrupt
+work = Path(sys.argv[1])
+with sigterm_as_interrupt():
+    work.mkdir()
+    try:
+        print("working", flush=True)
+        time.sleep(60)
+    finally:
+        work.rmdir()
+"""
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path):
+    work = tmp_path / "partial"
+    process = subprocess.Popen([sys.executable, "-c", _TERMINATED_WORK, str(work)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "working" and work.is_dir()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=10)
+    assert not work.exists()  # the finally ran
+    assert "Terminated: SIGTERM received" in err
