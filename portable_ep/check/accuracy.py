@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from portable_ep.check.target import Target
-from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, compare_outputs
+from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, SORTED_ROWS, compare_outputs, outputs_of_kind
 from portable_ep.exporters.samples import run_samples
 
 RANDOM_SEED = 12345
@@ -72,7 +72,7 @@ def _entry(results, problems) -> dict:
     return {"outputs": {name: acc.as_dict() for name, acc in results.items()}, "problems": problems, "passed": not problems}
 
 
-def _compare_served(target: Target, feeds, expected, budget, logits):
+def _compare_served(target: Target, feeds, expected, budget, logits, sorted_outputs=()):
     """Serve ``feeds`` and compare with ``expected``; a request the server refuses is a problem, not a crash."""
     from portable_ep.exporters.errors import one_line
 
@@ -80,7 +80,7 @@ def _compare_served(target: Target, feeds, expected, budget, logits):
         served = serve(target, feeds)
     except Exception as exc:
         return {}, [f"the server refused the inputs: {one_line(exc)}"]
-    return compare_outputs(expected, served, budget, target.precision, logits)
+    return compare_outputs(expected, served, budget, target.precision, logits, sorted_outputs)
 
 
 def check_accuracy(target: Target, session=None, session_reason: str = "") -> dict:
@@ -88,10 +88,11 @@ def check_accuracy(target: Target, session=None, session_reason: str = "") -> di
         return {"checked": False, "reason": "no --bundle given: nothing to compare with", "passed": True, "problems": []}
     budgets = target.manifest.get("budgets") or DEFAULT_BUDGETS
     budget = budgets.get(target.precision) or DEFAULT_BUDGETS[target.precision]
-    logits = [name for name, kind in (target.manifest["signature"].get("output_kinds") or {}).items() if kind == "logits"]
+    logits = outputs_of_kind(target.manifest["signature"], "logits")
+    sorted_outputs = outputs_of_kind(target.manifest["signature"], SORTED_ROWS)
     reference = target.manifest["reference"]
     golden_in, golden_out = _load(target.bundle / reference["inputs"]), _load(target.bundle / reference["outputs"])
-    results, problems = _compare_served(target, golden_in, golden_out, budget, logits)
+    results, problems = _compare_served(target, golden_in, golden_out, budget, logits, sorted_outputs)
     report = {"checked": True, "precision": target.precision, "budget": budget,
               "golden": {"samples": len(next(iter(golden_in.values()))), **_entry(results, problems)}}
     all_problems = [f"golden: {p}" for p in problems]
@@ -101,7 +102,7 @@ def check_accuracy(target: Target, session=None, session_reason: str = "") -> di
         feeds = {name: array[:RANDOM_SAMPLES] for name, array in golden_in.items()}
     if session is not None:
         expected = _run_local(session, feeds, target)
-        r_results, r_problems = _compare_served(target, feeds, expected, budget, logits)
+        r_results, r_problems = _compare_served(target, feeds, expected, budget, logits, sorted_outputs)
         report["random"] = {"samples": RANDOM_SAMPLES, "seed": RANDOM_SEED, "against": f"{target.provider} {target.precision} in-process",
                             **_entry(r_results, r_problems)}
         all_problems += [f"random sample vs in-process: {p}" for p in r_problems]
