@@ -25,7 +25,8 @@ from portable_ep.exporters import onnx_variants, openvino_variants
 from portable_ep.exporters import worker as worker_module
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, SORTED_ROWS
 from portable_ep.exporters.errors import ExportError, one_line
-from portable_ep.exporters.inputs import check_inputs, generate_inputs, load_inputs, vocab_sizes_from_onnx
+from portable_ep.exporters.inputs import (InputProfile, check_inputs, generate_inputs, load_inputs, profiles_of,
+                                          vocab_sizes_from_onnx)
 from portable_ep.exporters.samples import Feeds, rows, take, to_unbatched
 from portable_ep.exporters.manifest import file_entry, now_utc, sha256_of, tool_versions, write_manifest
 from portable_ep.exporters.progress import Stages
@@ -127,6 +128,8 @@ class _Exporter:
         self.dim_sizes: Dict[str, int] = {}
         self.hints: Dict[str, str] = {}
         self.external = False  # the source ONNX keeps its weights in external data
+        self.profiles: Dict[str, InputProfile] = {}  # what the user's calibration/golden file looks like, per input
+        self.profiles_from: Optional[str] = None
 
     # -- fp32 ONNX, the base every other variant is made from -----------------------------
     def base_onnx(self) -> Path:
@@ -209,20 +212,21 @@ class _Exporter:
             self.batching = {"batched": False, "reason": reason}
 
     def _probe_samples(self):
+        """Two samples: the user's own first two when a file was given (their real shapes), else generated."""
         o = self.options
+        for path in (o.calibration, o.golden):
+            if path:
+                try:
+                    feeds = load_inputs(path, self.signature, self.vocab_sizes)
+                except ExportError:
+                    continue
+                if rows(feeds) >= 2:
+                    return take(feeds, 0, 2)
         try:
             return generate_inputs(self.signature, 2, seed=o.seed + 2, sequence_length=o.sequence_length,
                                    vocab_sizes=self.vocab_sizes, text=self.text, dim_sizes=self.dim_sizes,
                                    shapes=o.input_shapes, hints=self.hints)
         except ExportError:
-            for path in (o.calibration, o.golden):
-                if path:
-                    try:
-                        feeds = load_inputs(path, self.signature, self.vocab_sizes)
-                    except ExportError:
-                        continue
-                    if rows(feeds) >= 2:
-                        return take(feeds, 0, 2)
             return None
 
     # -- inputs ----------------------------------------------------------------------------
@@ -230,7 +234,7 @@ class _Exporter:
         o = self.options
         return generate_inputs(self.signature, samples, seed=seed, sequence_length=o.sequence_length,
                                vocab_sizes=self.vocab_sizes, text=self.text, dim_sizes=self.dim_sizes,
-                               shapes=o.input_shapes, hints=self.hints, origins=origins)
+                               shapes=o.input_shapes, hints=self.hints, origins=origins, profiles=self.profiles)
 
     def _load(self, path: str, what: str) -> Feeds:
         try:
@@ -245,15 +249,22 @@ class _Exporter:
     def inputs(self) -> Tuple[Feeds, Feeds]:
         """(calibration inputs, reference inputs); self.origins says where each input came from."""
         o = self.options
+        # The user's files, loaded first: what is generated beside them takes their shapes and ranges.
+        given_calibration = self._load(o.calibration, "calibration file") if o.calibration else None
+        given_golden = self._load(o.golden, "golden inputs file") if o.golden else None
+        for path, feeds in ((o.calibration, given_calibration), (o.golden, given_golden)):
+            if feeds is not None:
+                self.profiles, self.profiles_from = profiles_of(feeds), str(path)
+                break
         calibration_origin: Dict[str, str] = {}
-        if o.calibration:
-            calibration = self._load(o.calibration, "calibration file")
+        if given_calibration is not None:
+            calibration = given_calibration
             calibration_origin = {name: f"calibration file {o.calibration}" for name in calibration}
         else:
             calibration = self._generate(o.calibration_samples, o.seed, calibration_origin)
         reference_origin: Dict[str, str] = {}
-        if o.golden:
-            reference = self._load(o.golden, "golden inputs file")
+        if given_golden is not None:
+            reference = given_golden
             reference_origin = {name: f"golden inputs file {o.golden}" for name in reference}
         else:
             try:
@@ -517,7 +528,16 @@ def _export_with(worker: Worker, source: Source, work: Path, out: Path, options:
     exporter.base_onnx()
     exporter.probe_batching(worker)
     calibration, reference = exporter.inputs()
-    golden, golden_framework = exporter.golden(reference, worker)
+    try:
+        golden, golden_framework = exporter.golden(reference, worker)
+    except ExportError:
+        if not options.calibration or options.golden:
+            raise
+        # Generated beside the user's calibration file and still not runnable: their own samples are.
+        reference = take(calibration, 0, options.reference_samples)
+        exporter.origins["reference"] = {name: f"calibration file {options.calibration} (first {rows(reference)} samples)"
+                                         for name in reference}
+        golden, golden_framework = exporter.golden(reference, worker)
     logits = _logits_outputs(source, exporter.signature, exporter.hf.logits_outputs if exporter.hf else ())
     sorted_outputs = _sorted_outputs(exporter, options)
     batched = exporter.signature.batched
@@ -596,7 +616,9 @@ def _export_with(worker: Worker, source: Source, work: Path, out: Path, options:
                         "inputs_origin": exporter.origins["calibration"],
                         "samples": rows(calibration), "seed": options.seed},
         "generation": {"dim_sizes": exporter.dim_sizes, "input_shapes": {k: list(v) for k, v in options.input_shapes.items()},
-                       "hints": exporter.hints},
+                       "hints": exporter.hints,
+                       "profiles": {name: p.as_dict() for name, p in exporter.profiles.items()},
+                       "profiles_from": exporter.profiles_from},
         "tools": tool_versions(),
     }
     manifest["files"] = bundle_file_sums(work, variants)
