@@ -25,8 +25,8 @@ from portable_ep.exporters import onnx_variants, openvino_variants
 from portable_ep.exporters import worker as worker_module
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, SORTED_ROWS
 from portable_ep.exporters.errors import ExportError, one_line
-from portable_ep.exporters.inputs import (InputProfile, check_inputs, generate_inputs, load_inputs, profiles_of,
-                                          vocab_sizes_from_onnx)
+from portable_ep.exporters.inputs import (InputProfile, check_inputs, generate_inputs, layout_text, load_inputs,
+                                          profiles_of, vocab_sizes_from_onnx)
 from portable_ep.exporters.samples import Feeds, rows, take, to_unbatched
 from portable_ep.exporters.manifest import file_entry, now_utc, sha256_of, tool_versions, write_manifest
 from portable_ep.exporters.progress import Stages
@@ -288,7 +288,8 @@ class _Exporter:
                                    self.signature.batched), "onnxruntime"
             except Exception as exc:
                 raise ExportError(f"ONNX Runtime cannot run {self.source.path} on the reference inputs: {one_line(exc)}"
-                                  f" (give inputs that fit with --golden FILE.npz or --input-shape NAME=AxBxC)") from None
+                                  f" (give inputs that fit: --golden FILE.npz holding {layout_text(self.signature)};"
+                                  f" or --input-shape NAME=AxBxC)") from None
 
     # -- variants --------------------------------------------------------------------------
     def is_transformer(self) -> bool:
@@ -530,14 +531,19 @@ def _export_with(worker: Worker, source: Source, work: Path, out: Path, options:
     calibration, reference = exporter.inputs()
     try:
         golden, golden_framework = exporter.golden(reference, worker)
-    except ExportError:
-        if not options.calibration or options.golden:
+    except ExportError as first:
+        if options.golden:
             raise
-        # Generated beside the user's calibration file and still not runnable: their own samples are.
-        reference = take(calibration, 0, options.reference_samples)
-        exporter.origins["reference"] = {name: f"calibration file {options.calibration} (first {rows(reference)} samples)"
-                                         for name in reference}
-        golden, golden_framework = exporter.golden(reference, worker)
+        if options.calibration:
+            # Generated beside the user's calibration file and still not runnable: their own samples are.
+            reference = take(calibration, 0, options.reference_samples)
+            exporter.origins["reference"] = {name: f"calibration file {options.calibration} (first {rows(reference)} samples)"
+                                             for name in reference}
+            golden, golden_framework = exporter.golden(reference, worker)
+        else:
+            options = exporter.options = _longer_inputs(exporter, options, worker, first)
+            calibration, reference = exporter.inputs()
+            golden, golden_framework = exporter.golden(reference, worker)
     logits = _logits_outputs(source, exporter.signature, exporter.hf.logits_outputs if exporter.hf else ())
     sorted_outputs = _sorted_outputs(exporter, options)
     batched = exporter.signature.batched
@@ -668,6 +674,37 @@ def bundle_file_sums(work: Path, variants: List[dict]) -> Dict[str, str]:
         if path.is_file() and relative not in sums and path.name != MANIFEST_NAME:
             sums[relative] = sha256_of(path)
     return sums
+
+
+#: Lengths tried for generated inputs' free dims when the default does not run: a convolution
+#: stack or a window (an audio frontend's 400-sample frames, a 1,760-sample wake-word window)
+#: needs more than --sequence-length's 128 values, and export cannot read every minimum from the graph.
+RETRY_LENGTHS = (512, 2048)
+
+
+def _longer_inputs(exporter: "_Exporter", options: ExportOptions, worker: Worker, failure: ExportError) -> ExportOptions:
+    """Options whose generated inputs the source runs on: the free dims made longer; else ``failure`` is raised.
+
+    Only for an ONNX source with generated inputs and a free (symbolic, non-batch) dim the
+    length changes; a Hugging Face source's shapes come from its config.
+    """
+    from dataclasses import replace
+
+    lead = 1 if exporter.signature.batched else 0
+    free = any(isinstance(d, str) and d not in exporter.dim_sizes for s in exporter.signature.inputs for d in s.shape[lead:])
+    if exporter.source.kind != "onnx" or not free or options.input_shapes:
+        raise failure
+    for length in (n for n in RETRY_LENGTHS if n > options.sequence_length):
+        longer = replace(options, sequence_length=length)
+        exporter.options = longer
+        try:
+            _, reference = exporter.inputs()
+            exporter.golden(take(reference, 0, 2), worker)
+        except ExportError:
+            continue
+        return longer
+    exporter.options = options
+    raise failure
 
 
 def _sorted_outputs(exporter: "_Exporter", options: ExportOptions) -> Tuple[str, ...]:

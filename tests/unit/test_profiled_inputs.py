@@ -112,3 +112,39 @@ def test_export_generates_golden_inputs_like_the_calibration_file(tmp_path):
     # portable-ep check generates its random sample from the same record.
     again = generate_inputs(Signature.from_dict(result.manifest["signature"]), 8, profiles=generation["profiles"])
     assert again["chars"].shape == (8, 37) and again["chars"].max() <= 40
+
+
+def _conv_model(path, kernel: int):
+    """A 1-D convolution over a free-length signal: it needs at least ``kernel`` samples."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(5).standard_normal((4, 1, kernel)).astype(np.float32) / kernel
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["signal", "w"], ["features"], strides=[kernel // 2]),
+         helper.make_node("ReduceMean", ["features"], ["y"], axes=[2], keepdims=0)],
+        "conv", [helper.make_tensor_value_info("signal", TensorProto.FLOAT, ["batch", 1, "length"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_export_retries_a_longer_free_dim_when_the_default_is_too_short(tmp_path):
+    from portable_ep.exporters.bundle import ExportOptions, export_bundle
+
+    source = _conv_model(tmp_path / "conv400.onnx", 400)  # 128 samples are too few for a 400-sample kernel
+    result = export_bundle(source, tmp_path / "bundle", ExportOptions(formats=("onnx",), precisions=("fp32",), progress=False))
+    assert result.manifest["reference"]["sequence_length"] == 512
+    with np.load(tmp_path / "bundle" / "reference" / "inputs.npz") as data:
+        assert data["signal"].shape == (32, 1, 512)
+
+
+def test_an_input_that_cannot_be_made_to_run_is_named_with_the_arrays_to_supply(tmp_path):
+    from portable_ep.exporters.bundle import ExportOptions, export_bundle
+
+    source = _conv_model(tmp_path / "conv5000.onnx", 5000)
+    with pytest.raises(ExportError) as caught:
+        export_bundle(source, tmp_path / "bundle", ExportOptions(formats=("onnx",), precisions=("fp32",), progress=False))
+    message = str(caught.value)
+    assert "--golden FILE.npz holding 'signal' float32 [N, 1, length]" in message and "\n" not in message
+    assert not (tmp_path / "bundle").exists()
