@@ -46,6 +46,9 @@ COSINE_RMS_FLOOR = 1e-6
 UNSCORED_MAX_ABS = 5e-2
 #: The ``output_kinds`` value (manifest ``signature``) of an output whose rows form a ranked set.
 SORTED_ROWS = "sorted_rows"
+#: Rows per sample up to which sorted-set rows are paired optimally (a rows x rows cost matrix:
+#: 1,024 rows is 8 MB); more rows are compared in lexicographic order.
+MATCH_ROWS_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,14 @@ def match_rows(golden: np.ndarray, actual: np.ndarray) -> np.ndarray:
     for index in range(golden.shape[0]):
         g = golden[index].reshape(golden.shape[1], -1).astype(np.float64)
         a = actual[index].reshape(actual.shape[1], -1).astype(np.float64)
-        cost = ((g[:, None, :] - a[None, :, :]) ** 2).sum(axis=2)
-        rows, cols = linear_sum_assignment(cost)
+        if len(g) > MATCH_ROWS_LIMIT:
+            # The pairing's cost matrix grows with rows squared: past the limit both sides are put in
+            # lexicographic row order instead (exact for equal sets, approximate for near ties).
+            order_g, order_a = np.lexsort(g.T[::-1]), np.lexsort(a.T[::-1])
+            rows, cols = order_g, order_a
+        else:
+            cost = ((g[:, None, :] - a[None, :, :]) ** 2).sum(axis=2)
+            rows, cols = linear_sum_assignment(cost)
         out[index][rows] = actual[index][cols]
     return out
 

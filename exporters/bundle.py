@@ -513,9 +513,12 @@ def build_and_measure(job: VariantJob, fmt: str, precision: str, stages) -> dict
 
 def remove_new_files(work: Path, before: set) -> None:
     """Files a dead worker left half-written (a quantizer's .pre.onnx, a truncated variant): not part of the bundle."""
-    for path in sorted(work.rglob("*"), reverse=True):
-        if path.is_file() and path not in before:
-            path.unlink()
+    for path in sorted(work.rglob("*"), reverse=True):  # deepest first: a folder after its files
+        if path not in before:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            elif path.is_file():
+                path.unlink()
 
 
 def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, stages: Stages) -> ExportResult:

@@ -101,3 +101,14 @@ def test_topk_and_nms_outputs_are_detected_from_the_graph():
         [helper.make_tensor("k", TensorProto.INT64, [1], [3])],
     )
     assert sorted_set_outputs(helper.make_model(graph)) == ["top_scores", "top_boxes"]
+
+
+def test_many_rows_are_compared_in_lexicographic_order(monkeypatch):
+    from portable_ep.exporters import accuracy
+
+    monkeypatch.setattr(accuracy, "MATCH_ROWS_LIMIT", 4)
+    rng = np.random.default_rng(0)
+    golden = rng.standard_normal((2, 9, 3))
+    actual = golden[:, rng.permutation(9)]
+    assert np.array_equal(np.sort(match_rows(golden, actual), axis=None), np.sort(golden, axis=None))
+    assert compare_output(golden, actual, sorted_rows=True).max_abs == 0.0
