@@ -85,20 +85,10 @@ def test_normal_floats_take_the_file_s_mean_spread_and_bounds():
 def test_export_generates_golden_inputs_like_the_calibration_file(tmp_path):
     """The issue's case end to end: character ids stored as floats, in windows of 37. Standard-normal
     golden inputs of length 128 would index the embedding table with negative ids and fail."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     from portable_ep.exporters.bundle import ExportOptions, export_bundle
+    from portable_ep.models.tiny import build_float_ids
 
-    table = np.random.default_rng(3).standard_normal((41, 8)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Cast", ["chars"], ["ids"], to=TensorProto.INT64),
-         helper.make_node("Gather", ["table", "ids"], ["embedded"], axis=0),
-         helper.make_node("ReduceMean", ["embedded"], ["y"], axes=[1], keepdims=0)],
-        "chars", [helper.make_tensor_value_info("chars", TensorProto.FLOAT, ["batch", "seq"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], [numpy_helper.from_array(table, "table")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.save(model, str(tmp_path / "chars.onnx"))
+    build_float_ids(tmp_path / "chars.onnx")
     calibration = {"chars": np.random.default_rng(4).integers(0, 41, size=(16, 37)).astype(np.float32)}
     np.savez(tmp_path / "calibration.npz", **calibration)
     result = export_bundle(tmp_path / "chars.onnx", tmp_path / "bundle", ExportOptions(
