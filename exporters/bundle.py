@@ -22,7 +22,6 @@ import numpy as np
 from portable_ep.backends.artifacts import FORMATS, MANIFEST_NAME
 from portable_ep.backends.routes import ROUTE_OF_FORMAT, route_entry
 from portable_ep.exporters import onnx_variants, openvino_variants
-from portable_ep.exporters import worker as worker_module
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, SORTED_ROWS
 from portable_ep.exporters.errors import ExportError, one_line
 from portable_ep.exporters.inputs import (InputProfile, check_inputs, generate_inputs, layout_text, load_inputs,
@@ -33,7 +32,7 @@ from portable_ep.exporters.progress import Stages
 from portable_ep.exporters.signature import Signature, signature_from_onnx, sorted_set_outputs
 from portable_ep.exporters.sources import Source, resolve_source
 from portable_ep.exporters.verify import measure, run_variant, variant_session
-from portable_ep.exporters.worker import Worker, WorkerDied, fault_for, phase
+from portable_ep.exporters.worker import DEFAULT_TIMEOUT, Worker, WorkerDied, fault_for, phase
 from portable_ep.python_backend.request_limits import ROBERTA_POSITION_OFFSET, limits_from_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -76,7 +75,7 @@ class ExportOptions:
     sorted_outputs: Sequence[str] = ()
     #: Seconds one variant's build and measurement (or the golden run) may take in the worker
     #: process before it is stopped and the variant recorded as failed (exporters/worker.py).
-    variant_timeout: float = worker_module.DEFAULT_TIMEOUT
+    variant_timeout: float = DEFAULT_TIMEOUT
 
     def check(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -697,9 +696,18 @@ def _longer_inputs(exporter: "_Exporter", options: ExportOptions, worker: Worker
     free = any(isinstance(d, str) and d not in exporter.dim_sizes for s in exporter.signature.inputs for d in s.shape[lead:])
     if exporter.source.kind != "onnx" or not free or options.input_shapes:
         raise failure
+    def shapes() -> dict:
+        try:
+            return {name: array.shape for name, array in exporter._generate(1, options.seed, {}).items()}
+        except ExportError:
+            return {}
+
+    default = shapes()
     for length in (n for n in RETRY_LENGTHS if n > options.sequence_length):
         longer = replace(options, sequence_length=length)
         exporter.options = longer
+        if shapes() == default:
+            break  # no input takes the sequence length (an image's sides are 224): longer changes nothing
         try:
             _, reference = exporter.inputs()
             exporter.golden(take(reference, 0, 2), worker)
