@@ -22,17 +22,19 @@ import numpy as np
 from portable_ep.backends.artifacts import FORMATS, MANIFEST_NAME
 from portable_ep.backends.routes import ROUTE_OF_FORMAT, route_entry
 from portable_ep.exporters import onnx_variants, openvino_variants
-from portable_ep.exporters.accuracy import DEFAULT_BUDGETS
+from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, SORTED_ROWS
 from portable_ep.exporters.errors import ExportError, one_line
-from portable_ep.exporters.inputs import check_inputs, generate_inputs, load_inputs, vocab_sizes_from_onnx
+from portable_ep.exporters.inputs import (InputProfile, check_inputs, generate_inputs, layout_text, load_inputs,
+                                          profiles_of, vocab_sizes_from_onnx)
 from portable_ep.exporters.samples import Feeds, rows, take, to_unbatched
 from portable_ep.exporters.manifest import (file_entry, local_paths_removed, now_utc, sha256_of, tool_versions,
                                             write_manifest)
 from portable_ep.exporters.progress import Stages
-from portable_ep.exporters.signature import Signature, signature_from_onnx
+from portable_ep.exporters.signature import Signature, signature_from_onnx, sorted_set_outputs
 from portable_ep.interrupts import sigterm_as_interrupt
 from portable_ep.exporters.sources import Source, resolve_source
 from portable_ep.exporters.verify import measure, run_variant, variant_session
+from portable_ep.exporters.worker import DEFAULT_TIMEOUT, Worker, WorkerDied, fault_for, phase
 from portable_ep.python_backend.request_limits import ROBERTA_POSITION_OFFSET, limits_from_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -71,6 +73,11 @@ class ExportOptions:
     seed: int = 0
     name: Optional[str] = None
     progress: bool = True
+    #: Outputs to compare as sets of rows (besides those the graph shows come out of TopK/NMS).
+    sorted_outputs: Sequence[str] = ()
+    #: Seconds one variant's build and measurement (or the golden run) may take in the worker
+    #: process before it is stopped and the variant recorded as failed (exporters/worker.py).
+    variant_timeout: float = DEFAULT_TIMEOUT
 
     def check(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -85,6 +92,8 @@ class ExportOptions:
         if self.opset is not None and self.opset not in onnx_variants.HF_OPSETS:
             r = onnx_variants.HF_OPSETS
             raise ExportError(f"opset {self.opset} is not supported for export from PyTorch; choose {r.start}..{r.stop - 1}")
+        if not self.variant_timeout > 0:
+            raise ExportError(f"the variant timeout must be a positive number of seconds, not {self.variant_timeout}")
         for label, value in (("calibration samples", self.calibration_samples), ("reference samples", self.reference_samples),
                              ("sequence length", self.sequence_length)):
             if value < 1:
@@ -119,6 +128,9 @@ class _Exporter:
         self.origins: Dict[str, Dict[str, str]] = {}
         self.dim_sizes: Dict[str, int] = {}
         self.hints: Dict[str, str] = {}
+        self.external = False  # the source ONNX keeps its weights in external data
+        self.profiles: Dict[str, InputProfile] = {}  # what the user's calibration/golden file looks like, per input
+        self.profiles_from: Optional[str] = None
 
     # -- fp32 ONNX, the base every other variant is made from -----------------------------
     def base_onnx(self) -> Path:
@@ -181,7 +193,7 @@ class _Exporter:
         self.opset_note = {**self.opset_note, "upgraded_to": None, "upgrade_reverted": reason}
 
     # -- batching --------------------------------------------------------------------------
-    def probe_batching(self) -> None:
+    def probe_batching(self, worker: Worker) -> None:
         """Stack two samples and compare with running them one by one; a model that fails or answers
         differently cannot batch (a state batched on axis 1, a reshape to a fixed batch of 1)."""
         if not self.signature.batched:
@@ -192,26 +204,30 @@ class _Exporter:
         probe = self._probe_samples()
         if probe is None:
             return
-        reason = batching_mismatch(self.original, probe)
+        try:
+            reason = worker.call(batching_mismatch, self.original, probe)
+        except WorkerDied:
+            reason = None  # a runtime that dies on these inputs says nothing about batching; the golden run reports it
         if reason:
             self.signature = self.signature.unbatched()
             self.batching = {"batched": False, "reason": reason}
 
     def _probe_samples(self):
+        """Two samples: the user's own first two when a file was given (their real shapes), else generated."""
         o = self.options
+        for path in (o.calibration, o.golden):
+            if path:
+                try:
+                    feeds = load_inputs(path, self.signature, self.vocab_sizes)
+                except ExportError:
+                    continue
+                if rows(feeds) >= 2:
+                    return take(feeds, 0, 2)
         try:
             return generate_inputs(self.signature, 2, seed=o.seed + 2, sequence_length=o.sequence_length,
                                    vocab_sizes=self.vocab_sizes, text=self.text, dim_sizes=self.dim_sizes,
                                    shapes=o.input_shapes, hints=self.hints)
         except ExportError:
-            for path in (o.calibration, o.golden):
-                if path:
-                    try:
-                        feeds = load_inputs(path, self.signature, self.vocab_sizes)
-                    except ExportError:
-                        continue
-                    if rows(feeds) >= 2:
-                        return take(feeds, 0, 2)
             return None
 
     # -- inputs ----------------------------------------------------------------------------
@@ -219,7 +235,7 @@ class _Exporter:
         o = self.options
         return generate_inputs(self.signature, samples, seed=seed, sequence_length=o.sequence_length,
                                vocab_sizes=self.vocab_sizes, text=self.text, dim_sizes=self.dim_sizes,
-                               shapes=o.input_shapes, hints=self.hints, origins=origins)
+                               shapes=o.input_shapes, hints=self.hints, origins=origins, profiles=self.profiles)
 
     def _load(self, path: str, what: str) -> Feeds:
         try:
@@ -234,15 +250,22 @@ class _Exporter:
     def inputs(self) -> Tuple[Feeds, Feeds]:
         """(calibration inputs, reference inputs); self.origins says where each input came from."""
         o = self.options
+        # The user's files, loaded first: what is generated beside them takes their shapes and ranges.
+        given_calibration = self._load(o.calibration, "calibration file") if o.calibration else None
+        given_golden = self._load(o.golden, "golden inputs file") if o.golden else None
+        for path, feeds in ((o.calibration, given_calibration), (o.golden, given_golden)):
+            if feeds is not None:
+                self.profiles, self.profiles_from = profiles_of(feeds), str(path)
+                break
         calibration_origin: Dict[str, str] = {}
-        if o.calibration:
-            calibration = self._load(o.calibration, "calibration file")
+        if given_calibration is not None:
+            calibration = given_calibration
             calibration_origin = {name: f"calibration file {Path(o.calibration).name}" for name in calibration}
         else:
             calibration = self._generate(o.calibration_samples, o.seed, calibration_origin)
         reference_origin: Dict[str, str] = {}
-        if o.golden:
-            reference = self._load(o.golden, "golden inputs file")
+        if given_golden is not None:
+            reference = given_golden
             reference_origin = {name: f"golden inputs file {Path(o.golden).name}" for name in reference}
         else:
             try:
@@ -256,17 +279,18 @@ class _Exporter:
         self.origins = {"calibration": calibration_origin, "reference": reference_origin}
         return calibration, reference
 
-    def golden(self, reference: Feeds) -> Tuple[Dict[str, np.ndarray], str]:
+    def golden(self, reference: Feeds, worker: Worker) -> Tuple[Dict[str, np.ndarray], str]:
         with self.stages.stage("golden outputs"):
             if self.hf is not None:
                 return self.hf.run(reference), "pytorch"
             try:
                 # The original file, not the upgraded one: an opset upgrade is judged by its outputs.
-                return run_variant(self.source.path.parent, "onnx", "fp32", self.source.path, reference,
+                return worker.call(run_variant, self.source.path.parent, "onnx", "fp32", self.source.path, reference,
                                    self.signature.batched), "onnxruntime"
             except Exception as exc:
                 raise ExportError(f"ONNX Runtime cannot run {self.source.path} on the reference inputs: {one_line(exc)}"
-                                  f" (give inputs that fit with --golden FILE.npz or --input-shape NAME=AxBxC)") from None
+                                  f" (give inputs that fit: --golden FILE.npz holding {layout_text(self.signature)};"
+                                  f" or --input-shape NAME=AxBxC)") from None
 
     # -- variants --------------------------------------------------------------------------
     def is_transformer(self) -> bool:
@@ -278,6 +302,7 @@ class _Exporter:
         if mode == "dynamic" or (mode == "auto" and self.is_transformer()):
             try:
                 with self.stages.stage("int8 ONNX (transformer fusions + dynamic)"):
+                    phase("onnxruntime's transformer optimizer", "building the fused dynamic int8 model")
                     fields = onnx_variants.quantize_dynamic_fused(base, dest)
                 return {"quantization": "dynamic-fused", **fields}
             except Exception as exc:  # the optimizer or quantizer on an unusual graph: the plain recipes still work
@@ -285,11 +310,13 @@ class _Exporter:
                 skipped = f"fused dynamic int8 not built: {one_line(exc)}"
             if mode == "dynamic":
                 with self.stages.stage("int8 ONNX (dynamic)"):
+                    phase("onnxruntime's quantizer", "quantizing to dynamic int8")
                     onnx_variants.quantize_dynamic_int8(base, dest)
                 return {"quantization": "dynamic", "note": skipped}
         n = rows(calibration)
         fields: dict = {}
         with self.stages.stage("int8 ONNX (static QDQ, calibrating)", total=n) as stage:
+            phase("onnxruntime's quantizer", "calibrating and quantizing to static int8 QDQ")
             fields.update(onnx_variants.quantize_static_qdq(base, dest, calibration, on_batch=stage.advance,
                                                             batched=self.signature.batched))
         fields.update(quantization="static-qdq", calibration_samples=n)
@@ -304,15 +331,18 @@ class _Exporter:
         extra: dict = {}
         if fmt == "onnx" and precision == "fp16":
             with self.stages.stage("fp16 ONNX"):
+                phase("onnxruntime's fp16 converter", "converting the model to fp16")
                 onnx_variants.convert_fp16(base, dest)
         elif fmt == "onnx" and precision == "int8":
             extra.update(self.int8_onnx(base, dest, calibration, self.options.int8_mode))
         elif fmt == "openvino" and precision in ("fp32", "fp16"):
             with self.stages.stage(f"OpenVINO IR {precision}"):
+                phase("OpenVINO", f"converting the model to the {precision} IR")
                 openvino_variants.save_ir(base, dest, compress_to_fp16=precision == "fp16")
         elif fmt == "openvino" and precision == "int8":
             n = rows(calibration)
             with self.stages.stage("OpenVINO IR int8 (NNCF)"):
+                phase("NNCF", "quantizing the OpenVINO IR to int8")
                 bits = openvino_variants.quantize_int8(base, dest, calibration, transformer=self.is_transformer(),
                                                        batched=batched)
             extra.update(quantization="nncf-ptq", calibration_samples=n, weight_bits=bits)
@@ -415,57 +445,138 @@ def remove_variant_files(work: Path, file: str) -> None:
             leftover.unlink()
 
 
+@dataclass
+class VariantJob:
+    """What building and measuring one variant needs, sent to the worker process (exporters/worker.py)."""
+
+    source: Source
+    work: Path
+    options: ExportOptions
+    signature: Signature
+    opset_note: dict
+    external: bool
+    calibration: Feeds
+    reference: Feeds
+    golden: Feeds
+    logits: Tuple[str, ...]
+    sorted_outputs: Tuple[str, ...]
+    budgets: Dict[str, dict]  # read in the export process, so a budget set there is the one applied
+
+    def exporter(self, stages) -> "_Exporter":
+        exporter = _Exporter(self.source, self.work, self.options, stages)
+        exporter.signature, exporter.opset_note, exporter.external = self.signature, dict(self.opset_note), self.external
+        return exporter
+
+    def measure(self, fmt: str, precision: str, provider: str = ""):
+        return measure(self.work, fmt, precision, self.work / FILES[fmt, precision], self.reference, self.golden,
+                       self.budgets[precision], self.logits, self.signature.batched, provider=provider,
+                       sorted_outputs=self.sorted_outputs)
+
+
+def build_and_measure(job: VariantJob, fmt: str, precision: str, stages) -> dict:
+    """Build one variant and measure it (run in the worker process): ``{extra, accuracy, missed, opset_note}``.
+
+    Raises when a tool cannot build or run it; the caller records that variant as failed.
+    """
+    import onnx
+
+    exporter = job.exporter(stages)
+    work, options = job.work, job.options
+    file = FILES[fmt, precision]
+    fp32_onnx = (fmt, precision) == ("onnx", "fp32")
+    if fp32_onnx:
+        extra = {"opset": onnx_variants.default_domain_opset(onnx.load(str(work / file), load_external_data=False))}
+    else:
+        extra = exporter.build(fmt, precision, job.calibration)
+    fused_auto = extra.get("quantization") == "dynamic-fused" and options.int8_mode == "auto"
+    with stages.stage(f"measure {fmt} {precision}"):
+        try:
+            accuracy, missed = job.measure(fmt, precision)
+        except Exception as exc:
+            if not fused_auto:
+                raise
+            # The fused graph built but ONNX Runtime cannot run it (a contrib op on an unusual
+            # shape): auto still has the static recipe.
+            accuracy, missed = None, [f"ONNX Runtime cannot run it: {one_line(exc)}"]
+    if missed and fp32_onnx and exporter.opset_note.get("upgraded_to"):
+        exporter.restore_original_opset(f"the opset {exporter.opset_note['upgraded_to']} graph missed the fp32 budget: {missed[0]}")
+        extra = {"opset": onnx_variants.default_domain_opset(exporter.model)}
+        accuracy, missed = job.measure(fmt, precision)
+    if missed and fused_auto:
+        # Dynamic int8 quantizes activations per call, which some models' outliers do not survive:
+        # auto falls back to calibrated static QDQ and says why.
+        failed = accuracy is None
+        why = f"dynamic-fused int8 {'failed' if failed else 'missed the budget'} ({missed[0]}); static QDQ instead"
+        remove_variant_files(work, file)
+        extra = {**exporter.int8_onnx(work / FILES["onnx", "fp32"], work / file, job.calibration, "static"), "note": why}
+        with stages.stage(f"measure {fmt} {precision} (static)"):
+            accuracy, missed = job.measure(fmt, precision)
+    return {"extra": extra, "accuracy": accuracy, "missed": missed, "opset_note": exporter.opset_note}
+
+
+def remove_new_files(work: Path, before: set) -> None:
+    """Files a dead worker left half-written (a quantizer's .pre.onnx, a truncated variant): not part of the bundle."""
+    for path in sorted(work.rglob("*"), reverse=True):  # deepest first: a folder after its files
+        if path not in before:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            elif path.is_file():
+                path.unlink()
+
+
 def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, stages: Stages) -> ExportResult:
+    with Worker.shared(stages, options.variant_timeout) as worker:
+        return _export_with(worker, source, work, out, options, stages)
+
+
+def _export_with(worker: Worker, source: Source, work: Path, out: Path, options: ExportOptions,
+                 stages: Stages) -> ExportResult:
     exporter = _Exporter(source, work, options, stages)
     exporter.base_onnx()
-    exporter.probe_batching()
+    exporter.probe_batching(worker)
     calibration, reference = exporter.inputs()
-    golden, golden_framework = exporter.golden(reference)
+    try:
+        golden, golden_framework = exporter.golden(reference, worker)
+    except ExportError as first:
+        if options.golden:
+            raise
+        if options.calibration:
+            # Generated beside the user's calibration file and still not runnable: their own samples are.
+            reference = take(calibration, 0, options.reference_samples)
+            exporter.origins["reference"] = {name: f"calibration file {options.calibration} (first {rows(reference)} samples)"
+                                             for name in reference}
+            golden, golden_framework = exporter.golden(reference, worker)
+        else:
+            options = exporter.options = _longer_inputs(exporter, options, worker, first)
+            calibration, reference = exporter.inputs()
+            golden, golden_framework = exporter.golden(reference, worker)
     logits = _logits_outputs(source, exporter.signature, exporter.hf.logits_outputs if exporter.hf else ())
+    sorted_outputs = _sorted_outputs(exporter, options)
     batched = exporter.signature.batched
+    budgets = {p: dict(DEFAULT_BUDGETS[p]) for p in DEFAULT_BUDGETS}
 
     variants, problems = [], []
     for fmt, precision in _variant_plan(options):
         file = FILES[fmt, precision]
         entry: dict = {"format": fmt, "precision": precision}
+        job = VariantJob(source, work, options, exporter.signature, exporter.opset_note, exporter.external, calibration,
+                         reference, golden, logits, sorted_outputs, budgets)
+        before = set(work.rglob("*"))
         try:
-            extra = exporter.build(fmt, precision, calibration) if (fmt, precision) != ("onnx", "fp32") else {}
-            if (fmt, precision) == ("onnx", "fp32"):
-                extra = {"opset": onnx_variants.default_domain_opset(exporter.model)}
-            fused_auto = extra.get("quantization") == "dynamic-fused" and options.int8_mode == "auto"
-            with stages.stage(f"measure {fmt} {precision}"):
-                try:
-                    accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
-                                               DEFAULT_BUDGETS[precision], logits, batched)
-                except Exception as exc:
-                    if not fused_auto:
-                        raise
-                    # The fused graph built but ONNX Runtime cannot run it (a contrib op on an unusual
-                    # shape): auto still has the static recipe.
-                    accuracy, missed = None, [f"ONNX Runtime cannot run it: {one_line(exc)}"]
-            if missed and (fmt, precision) == ("onnx", "fp32") and exporter.opset_note.get("upgraded_to"):
-                exporter.restore_original_opset(f"the opset {exporter.opset_note['upgraded_to']} graph missed the fp32 budget: {missed[0]}")
-                extra = {"opset": onnx_variants.default_domain_opset(exporter.model)}
-                accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
-                                           DEFAULT_BUDGETS[precision], logits, batched)
-            if missed and fused_auto:
-                # Dynamic int8 quantizes activations per call, which some models' outliers do not survive:
-                # auto falls back to calibrated static QDQ and says why.
-                failed = accuracy is None
-                why = f"dynamic-fused int8 {'failed' if failed else 'missed the budget'} ({missed[0]}); static QDQ instead"
-                remove_variant_files(work, file)
-                extra = {**exporter.int8_onnx(work / FILES["onnx", "fp32"], work / file, calibration, "static"), "note": why}
-                with stages.stage(f"measure {fmt} {precision} (static)"):
-                    accuracy, missed = measure(work, fmt, precision, work / file, reference, golden,
-                                               DEFAULT_BUDGETS[precision], logits, batched)
-        except Exception as exc:  # a tool's failure costs this variant, not the export
+            step = worker.call(build_and_measure, job, fmt, precision, with_stages=True, fault=fault_for(f"{fmt} {precision}"))
+        except Exception as exc:  # a tool's failure or a native crash costs this variant, not the export
             message = one_line(exc)
+            if isinstance(exc, WorkerDied):
+                remove_new_files(work, before)
             remove_variant_files(work, file)
             if (fmt, precision) == ("onnx", "fp32"):
                 raise ExportError(f"the fp32 ONNX model cannot run on ONNX Runtime: {message}") from None
             variants.append({**entry, "file": None, "status": "failed", "error": message, "within_budget": False})
             problems.append(f"{fmt} {precision}: failed: {message}")
             continue
+        extra, accuracy, missed = step["extra"], step["accuracy"], step["missed"]
+        if step["opset_note"] != exporter.opset_note:  # the worker reverted an opset upgrade and rewrote model.onnx
+            exporter.opset_note = step["opset_note"]
         entry.update(file_entry(work, file), **extra, accuracy=accuracy, within_budget=not missed,
                      routes={ROUTE_OF_FORMAT[fmt]: route_entry(not missed, missed,
                                                                requires_cpu="vnni" if extra.get("weight_bits") == 8 else "")})
@@ -480,7 +591,8 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                 entry["file"] = None
         variants.append(entry)
     if "openvino" in options.formats:
-        problems.extend(measure_openvino_on_onnx(work, variants, reference, golden, logits, batched, stages))
+        problems.extend(measure_openvino_on_onnx(work, variants, reference, golden, logits, batched, stages, worker,
+                                                 sorted_outputs))
     if "onnx" not in options.formats:
         # The fp32 ONNX was only the stepping stone to the IR.
         remove_variant_files(work, FILES["onnx", "fp32"])
@@ -492,7 +604,8 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
     np.savez(ref_dir / "inputs.npz", **reference)
     np.savez(ref_dir / "outputs.npz", **golden)
     signature = exporter.signature.as_dict()
-    signature["output_kinds"] = {s.name: ("logits" if s.name in logits else None) for s in exporter.signature.outputs}
+    signature["output_kinds"] = {s.name: ("logits" if s.name in logits else SORTED_ROWS if s.name in sorted_outputs else None)
+                                 for s in exporter.signature.outputs}
     # The source's file or folder name only: a bundle travels, and records no path of the machine it was made on.
     source_entry = {"kind": source.kind, "path": source.path.name, "task": source.task, "framework": golden_framework}
     if exporter.opset_note:
@@ -516,7 +629,9 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                         "inputs_origin": exporter.origins["calibration"],
                         "samples": rows(calibration), "seed": options.seed},
         "generation": {"dim_sizes": exporter.dim_sizes, "input_shapes": {k: list(v) for k, v in options.input_shapes.items()},
-                       "hints": exporter.hints},
+                       "hints": exporter.hints,
+                       "profiles": {name: p.as_dict() for name, p in exporter.profiles.items()},
+                       "profiles_from": exporter.profiles_from},
         "tools": tool_versions(),
     }
     manifest["files"] = bundle_file_sums(work, variants)
@@ -526,7 +641,7 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
 
 
 def measure_openvino_on_onnx(work: Path, variants: List[dict], reference: Feeds, golden: Feeds, logits, batched: bool,
-                             stages: Stages) -> List[str]:
+                             stages: Stages, worker: Worker, sorted_outputs: Sequence[str] = ()) -> List[str]:
     """Record what OpenVINO answers when it reads an ONNX variant whose IR was left out (failed or out of budget).
 
     The ``openvino`` provider reads the ONNX file when a precision has no IR, a route
@@ -542,8 +657,9 @@ def measure_openvino_on_onnx(work: Path, variants: List[dict], reference: Feeds,
         precision = entry["precision"]
         with stages.stage(f"measure openvino on {entry['file']}"):
             try:
-                _, missed = measure(work, "onnx", precision, work / entry["file"], reference, golden,
-                                    DEFAULT_BUDGETS[precision], logits, batched, provider="openvino")
+                _, missed = worker.call(measure, work, "onnx", precision, work / entry["file"], reference, golden,
+                                        DEFAULT_BUDGETS[precision], logits, batched, provider="openvino",
+                                        sorted_outputs=sorted_outputs)
             except Exception as exc:  # noqa: BLE001 - OpenVINO that cannot run the file is a verdict too
                 missed = [f"OpenVINO cannot run it: {one_line(exc)}"]
         entry["routes"]["openvino"] = route_entry(not missed, missed)
@@ -574,6 +690,56 @@ def bundle_file_sums(work: Path, variants: List[dict]) -> Dict[str, str]:
         if path.is_file() and relative not in sums and path.name != MANIFEST_NAME:
             sums[relative] = sha256_of(path)
     return sums
+
+
+#: Lengths tried for generated inputs' free dims when the default does not run: a convolution
+#: stack or a window (an audio frontend's 400-sample frames, a 1,760-sample wake-word window)
+#: needs more than --sequence-length's 128 values, and export cannot read every minimum from the graph.
+RETRY_LENGTHS = (512, 2048)
+
+
+def _longer_inputs(exporter: "_Exporter", options: ExportOptions, worker: Worker, failure: ExportError) -> ExportOptions:
+    """Options whose generated inputs the source runs on: the free dims made longer; else ``failure`` is raised.
+
+    Only for an ONNX source with generated inputs and a free (symbolic, non-batch) dim the
+    length changes; a Hugging Face source's shapes come from its config.
+    """
+    from dataclasses import replace
+
+    lead = 1 if exporter.signature.batched else 0
+    free = any(isinstance(d, str) and d not in exporter.dim_sizes for s in exporter.signature.inputs for d in s.shape[lead:])
+    if exporter.source.kind != "onnx" or not free or options.input_shapes:
+        raise failure
+    def shapes() -> dict:
+        try:
+            return {name: array.shape for name, array in exporter._generate(1, options.seed, {}).items()}
+        except ExportError:
+            return {}
+
+    default = shapes()
+    for length in (n for n in RETRY_LENGTHS if n > options.sequence_length):
+        longer = replace(options, sequence_length=length)
+        exporter.options = longer
+        if shapes() == default:
+            break  # no input takes the sequence length (an image's sides are 224): longer changes nothing
+        try:
+            _, reference = exporter.inputs()
+            exporter.golden(take(reference, 0, 2), worker)
+        except ExportError:
+            continue
+        return longer
+    exporter.options = options
+    raise failure
+
+
+def _sorted_outputs(exporter: "_Exporter", options: ExportOptions) -> Tuple[str, ...]:
+    """Outputs compared as sets of rows: those the graph ranks (TopK, NonMaxSuppression) and those the user named."""
+    names = {s.name for s in exporter.signature.outputs}
+    unknown = [name for name in options.sorted_outputs if name not in names]
+    if unknown:
+        raise ExportError(f"--sorted-output names {', '.join(map(repr, unknown))}, not an output of the model "
+                          f"(its outputs: {', '.join(sorted(names))})")
+    return tuple(dict.fromkeys([*sorted_set_outputs(exporter.model), *options.sorted_outputs]))
 
 
 def _origin_summary(origins: Dict[str, str]) -> str:

@@ -8,12 +8,19 @@ tokenizer, token ids are real text instead of random ids: sentences from a small
 built-in corpus (data/sentences.txt), packed to the sequence length between the
 tokenizer's start and end tokens. Random ids put a transformer's activations far
 from where real text puts them, and int8 calibrated on them suffers.
+
+When the user gave a calibration or golden file, what is generated follows it
+(``InputProfile``, recorded in the manifest's ``generation.profiles`` so that
+``portable-ep check`` generates the same way): each input takes the file's per-sample
+shape (a 1,760-sample audio window stays 1,760 long, a batch-1 graph gets batch 1),
+its value range, and its integrality (character ids stored as floats stay whole numbers
+within the ids seen).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,6 +62,42 @@ def tokenize_corpus(tokenizer) -> Optional[TokenizedText]:
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     return TokenizedText(sentences, start, end)
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    """What one input of a user's file looks like, for generating more of its kind."""
+
+    shape: Tuple[int, ...]  # one sample's shape: the arrays' shape without the leading sample axis
+    low: float
+    high: float
+    integral: bool  # every value a whole number (ids, counts, class indices), whatever the dtype
+    mean: float
+    std: float
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, entry: Mapping) -> "InputProfile":
+        return cls(tuple(int(d) for d in entry["shape"]), float(entry["low"]), float(entry["high"]),
+                   bool(entry["integral"]), float(entry.get("mean", 0.0)), float(entry.get("std", 1.0)))
+
+
+def profiles_of(feeds: Mapping[str, np.ndarray]) -> Dict[str, InputProfile]:
+    """The profile of each array of a user's inputs file (in the samples layout, exporters/samples.py)."""
+    profiles = {}
+    for name, array in feeds.items():
+        array = np.asarray(array)
+        if array.ndim == 0 or array.size == 0 or array.dtype.kind not in "biuf":
+            continue
+        values = array.astype(np.float64)
+        finite = values[np.isfinite(values)]
+        if not finite.size:
+            continue
+        profiles[name] = InputProfile(tuple(int(d) for d in array.shape[1:]), float(finite.min()), float(finite.max()),
+                                      bool(np.all(finite == np.round(finite))), float(finite.mean()), float(finite.std()))
+    return profiles
 
 
 def _int_kind(name: str) -> str:
@@ -128,27 +171,40 @@ def generate_inputs(
     shapes: Optional[Mapping[str, Sequence[int]]] = None,
     hints: Optional[Mapping[str, str]] = None,
     origins: Optional[Dict[str, str]] = None,
+    profiles: Optional[Mapping[str, object]] = None,
 ) -> Feeds:
     """``samples`` generated samples in the layout of ``signature`` (see exporters/samples.py).
 
     Symbolic dims take ``dim_sizes`` by name, image height/width 224, others ``sequence_length``;
-    ``shapes`` fixes an input's whole model shape (``--input-shape``). ``origins`` is filled with
-    what each input was made of.
+    ``shapes`` fixes an input's whole model shape (``--input-shape``); ``profiles`` (InputProfile
+    or its dict, by input name, from a user's file) give an input its per-sample shape, value
+    range and integrality. ``origins`` is filled with what each input was made of.
     """
     rng = np.random.default_rng(seed)
     vocab_sizes = vocab_sizes or {}
     hints = hints or {}
+    shapes = shapes or {}
+    profiles = {name: p if isinstance(p, InputProfile) else InputProfile.from_dict(p) for name, p in (profiles or {}).items()}
     batched = signature.batched
-    sizes = _sizes(signature, samples if batched else 1, sequence_length, dim_sizes or {}, shapes or {})
+    sizes = _sizes(signature, samples if batched else 1, sequence_length, dim_sizes or {}, shapes, profiles)
     feeds: Feeds = {}
     for spec in signature.inputs:
         model_shape = concrete_shape(spec.shape, sizes)
-        if spec.name in (shapes or {}):
+        profile = profiles.get(spec.name)
+        if spec.name in shapes:
             model_shape = tuple(int(d) for d in shapes[spec.name])
             if batched:
                 model_shape = (samples,) + model_shape[1:]
+        elif profile is not None and len(profile.shape) == len(spec.shape) - (1 if batched else 0):
+            model_shape = ((samples,) if batched else ()) + profile.shape
         full = model_shape if batched else (samples,) + tuple(model_shape)
         kind = value_kind(spec, model_shape, batched=batched, vocab_sizes=vocab_sizes, text=text, hints=hints)
+        if profile is not None:
+            kind = _profiled_kind(kind, spec, profile)
+            if origins is not None:
+                origins[spec.name] = f"{ORIGINS[kind]}, shaped and ranged like your file ({profile.low:g}..{profile.high:g})"
+            feeds[spec.name] = _profiled_values(kind, spec, full, rng, vocab_sizes, text, profile)
+            continue
         if not kind:
             what = "integer input" if spec.dtype.kind in "iu" else f"input of dtype {spec.dtype}"
             why = " (no vocabulary size found in the model)" if spec.dtype.kind in "iu" else ""
@@ -163,12 +219,22 @@ def generate_inputs(
 
 
 def _sizes(signature: Signature, batch: int, sequence_length: int, dim_sizes: Mapping[str, int],
-           shapes: Mapping[str, Sequence[int]]) -> Dict[str, int]:
+           shapes: Mapping[str, Sequence[int]], profiles: Mapping[str, InputProfile] = None) -> Dict[str, int]:
     overrides: Dict[str, int] = {"*": sequence_length, **dim_sizes}
-    if signature.batchable is False and Signature(signature.inputs, signature.outputs).batched:
-        # Shapes that say "batch" on a model export found cannot batch: one sample is a batch of 1.
+    lead = 1 if signature.batched else 0
+    for spec in signature.inputs:
+        # The user's file says how long each symbolic dim is (a window, a sequence, a batch of 1).
+        profile = (profiles or {}).get(spec.name)
+        if profile is not None and len(profile.shape) == len(spec.shape) - lead:
+            for dim, size in zip(spec.shape[lead:], profile.shape):
+                if isinstance(dim, str):
+                    overrides[dim] = int(size)
+    if not signature.batched:
+        # A model that cannot batch runs one sample per call: a symbolic leading dim of a rank >= 2
+        # input ("batch", "N", unnamed) is that one sample, not a sequence of 128.
         for spec in signature.inputs:
-            overrides.setdefault(spec.shape[0], 1)
+            if len(spec.shape) >= 2 and isinstance(spec.shape[0], str):
+                overrides.setdefault(spec.shape[0], 1)
     for spec in signature.inputs:
         # An input's --input-shape names the size of each of its symbolic dims.
         for dim, size in zip(spec.shape, shapes.get(spec.name, ())):
@@ -189,6 +255,40 @@ def _sizes(signature: Signature, batch: int, sequence_length: int, dim_sizes: Ma
                 if isinstance(spec.shape[axis], str):
                     overrides.setdefault(spec.shape[axis], 224)
     return symbolic_sizes(signature, batch, overrides)
+
+
+def _profiled_kind(kind: str, spec, profile: InputProfile) -> str:
+    """The generator for an input the user's file profiles: whole numbers stay whole numbers."""
+    if profile.low == profile.high:
+        return "constant"
+    if kind == "text" or (kind in ("ones", "zeros") and profile.low <= (kind == "ones") <= profile.high):
+        return kind  # real text for token ids; masks of ones, type ids of zeros where the file holds such values
+    if profile.integral or spec.dtype.kind in "iub":
+        return "range"
+    return kind if kind in ("image", "audio") else "normal"
+
+
+ORIGINS.update({"constant": "the one value your file holds", "range": "whole numbers within the range your file holds"})
+
+
+def _profiled_values(kind: str, spec, shape, rng, vocab_sizes, text, profile: InputProfile) -> np.ndarray:
+    low, high = profile.low, profile.high
+    if kind == "constant":
+        return np.full(shape, low).astype(spec.dtype)
+    if kind in ("text", "ones", "zeros"):
+        return _values(kind, spec, shape, rng, vocab_sizes, text)
+    if kind == "range":
+        top = int(np.floor(high))
+        if spec.name in vocab_sizes:
+            top = min(top, int(vocab_sizes[spec.name]) - 1)
+        return rng.integers(int(np.ceil(low)), max(top, int(np.ceil(low))) + 1, size=shape).astype(spec.dtype)
+    values = _values(kind, spec, shape, rng, vocab_sizes, text).astype(np.float64)
+    if kind == "normal":
+        values = profile.mean + profile.std * values
+    else:  # images in [0, 1], audio about [-0.5, 0.5]: moved onto the file's range
+        lo, hi = float(values.min()), float(values.max())
+        values = low + (values - lo) * ((high - low) / (hi - lo) if hi > lo else 0.0)
+    return np.clip(values, low, high).astype(spec.dtype)
 
 
 def _values(kind: str, spec, shape, rng, vocab_sizes, text) -> np.ndarray:

@@ -292,10 +292,31 @@ def export_generative(source, out_dir, options: Optional[GenerativeOptions] = No
                         lambda work, stages: _export_into(source, work, plan, options, stages))
 
 
-def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, stages: Stages) -> GenerativeResult:
-    from portable_ep.exporters.bundle import bundle_file_sums, exporting_machine_paths, remove_variant_files
-    from portable_ep.backends.routes import route_entry
+def build_and_measure(work: Path, fmt: str, precision: str, info: dict, golden: dict, stages) -> tuple:
+    """(manifest fields, accuracy) of one decoder variant, built and measured (run in the worker process)."""
     from portable_ep.exporters.verify import RUNTIME_OF_FORMAT, variant_session
+
+    with stages.stage(f"build {fmt} {precision}"):
+        extra = _build(work, fmt, precision) if (fmt, precision) != ("onnx", "fp32") else {}
+    with stages.stage(f"measure {fmt} {precision}"):
+        with variant_session(work, fmt, precision, work / FILES[fmt, precision]) as session:
+            accuracy = measure_variant(session, info, golden)
+        accuracy["runtime"] = f"{RUNTIME_OF_FORMAT[fmt]} provider"
+    return extra, accuracy
+
+
+def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, stages: Stages) -> GenerativeResult:
+    from portable_ep.exporters.worker import Worker
+
+    with Worker.shared(stages) as worker:
+        return _export_with(worker, source, work, plan, options, stages)
+
+
+def _export_with(worker, source: Path, work: Path, plan, options: GenerativeOptions, stages: Stages) -> GenerativeResult:
+    from portable_ep.exporters.bundle import bundle_file_sums, exporting_machine_paths, remove_new_files, remove_variant_files
+    from portable_ep.backends.routes import route_entry
+    from portable_ep.exporters.verify import RUNTIME_OF_FORMAT
+    from portable_ep.exporters.worker import WorkerDied, fault_for
     from portable_ep.generation.tokenizer import BundleTokenizer
 
     with stages.stage("load the language model"):
@@ -319,15 +340,15 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
     for fmt, precision in plan:
         file = FILES[fmt, precision]
         entry: dict = {"format": fmt, "precision": precision}
+        before = set(work.rglob("*"))
         try:
-            with stages.stage(f"build {fmt} {precision}"):
-                extra = _build(work, fmt, precision) if (fmt, precision) != ("onnx", "fp32") else {}
-            with stages.stage(f"measure {fmt} {precision}"):
-                with variant_session(work, fmt, precision, work / file) as session:
-                    accuracy = measure_variant(session, info, golden)
-                accuracy["runtime"] = f"{RUNTIME_OF_FORMAT[fmt]} provider"
+            # In the worker process (exporters/worker.py): a native crash or hang costs this variant only.
+            extra, accuracy = worker.call(build_and_measure, work, fmt, precision, info, golden, with_stages=True,
+                                          fault=fault_for(f"{fmt} {precision}"))
         except Exception as exc:  # noqa: BLE001 - a tool's failure costs this variant, not the export
             message = one_line(exc)
+            if isinstance(exc, WorkerDied):
+                remove_new_files(work, before)
             remove_variant_files(work, file)
             if (fmt, precision) == ("onnx", "fp32"):
                 raise ExportError(f"the fp32 decoder cannot run on ONNX Runtime: {message}") from None

@@ -108,19 +108,29 @@ def convert_fp16(source: Path, dest: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    external = has_external_data(source)
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    onnx.save(model, str(dest))
+    save(model, dest, external=external)
 
 
-def preprocess(source: Path, dest: Path) -> None:
+def preprocess(source: Path, dest: Path) -> bool:
     """ONNX Runtime's recommended step before quantization: shape inference and graph optimization.
 
     Symbolic shape inference is skipped: where it cannot finish it dumps a file into the
     working directory and raises, and ONNX's own shape inference is enough for QDQ.
+    A source whose weights are in external data keeps them there (``<dest>.data``): told
+    nothing, the step writes its optimized graph into a temporary folder that then lacks the
+    weights ("should be stored in …/model.onnx.data"). Returns whether it did.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(source), str(dest), skip_symbolic_shape=True)
+    external = has_external_data(source)
+    if external:
+        quant_pre_process(str(source), str(dest), skip_symbolic_shape=True, save_as_external_data=True,
+                          all_tensors_to_one_file=True, external_data_location=dest.name + ".data")
+    else:
+        quant_pre_process(str(source), str(dest), skip_symbolic_shape=True)
+    return external
 
 
 def _reader(calibration: Feeds, batch: int, on_batch: Optional[Callable[[int], None]], batched: bool = True):
@@ -194,7 +204,7 @@ def quantize_static_qdq(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     pre = dest.with_name(dest.stem + ".pre.onnx")
-    preprocess(source, pre)
+    external = preprocess(source, pre)
     options = {"ActivationSymmetric": False, "WeightSymmetric": True}
 
     def run(extra: dict) -> None:
@@ -203,7 +213,7 @@ def quantize_static_qdq(
             op_types_to_quantize=list(op_types), nodes_to_exclude=static_exclusions(pre),
             per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={**options, **extra},
+            extra_options={**options, **extra}, use_external_data_format=external,
         )
 
     try:
@@ -229,13 +239,14 @@ def quantize_dynamic_int8(source: Path, dest: Path, op_types: Iterable[str] = ("
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     pre = dest.with_name(dest.stem + ".pre.onnx")
-    preprocess(source, pre)
+    external = preprocess(source, pre)
     try:
         quantize_dynamic(str(pre), str(dest), op_types_to_quantize=list(op_types), per_channel=True, reduce_range=True,
-                         weight_type=QuantType.QInt8)
+                         weight_type=QuantType.QInt8, use_external_data_format=external)
     finally:
-        if pre.exists():
-            os.unlink(pre)
+        for leftover in (pre, Path(str(pre) + ".data")):
+            if leftover.exists():
+                os.unlink(leftover)
 
 
 # The ops ONNX Runtime's transformer optimizer writes; a graph with none of them was not fused.

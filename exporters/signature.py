@@ -125,3 +125,32 @@ def symbolic_sizes(signature: Signature, batch: int, overrides: Dict[str, int]) 
 
 def concrete_shape(shape: Sequence[Dim], sizes: Dict[str, int]) -> Tuple[int, ...]:
     return tuple(d if isinstance(d, int) else sizes[d] for d in shape)
+
+
+#: Ops whose output lists rows ranked by a score, and ops that carry rows through unchanged in
+#: order (a gather of the ranked indices, a cast, a reshape), walked back from each graph output.
+RANKING_OPS = ("TopK", "NonMaxSuppression")
+ROW_PRESERVING_OPS = ("Gather", "GatherElements", "GatherND", "Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape",
+                      "Concat", "Slice", "Mul", "Add", "Sub", "Div", "Sigmoid", "Flatten")
+
+
+def sorted_set_outputs(model, depth: int = 8) -> List[str]:
+    """Graph outputs whose rows come out of TopK or NonMaxSuppression (within ``depth`` row-preserving ops).
+
+    Their order is the order of a score, and two runtimes may rank near-tied scores either
+    way; the verdict compares them as sets of rows (exporters/accuracy.py).
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    return [output.name for output in model.graph.output if _ranked(output.name, producers, depth)]
+
+
+def _ranked(name: str, producers, depth: int) -> bool:
+    frontier = [name]
+    for _ in range(depth):
+        nodes = [producers[n] for n in frontier if n in producers]
+        if any(node.op_type in RANKING_OPS for node in nodes):
+            return True
+        frontier = [i for node in nodes if node.op_type in ROW_PRESERVING_OPS for i in node.input if i]
+        if not frontier:
+            return False
+    return False

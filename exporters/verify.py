@@ -25,10 +25,15 @@ RUNTIME_OF_FORMAT = ROUTE_OF_FORMAT
 def variant_session(root: Path, fmt: str, precision: str, file: Path, provider: str = "") -> Iterator[Session]:
     """The variant loaded by ``provider`` (default: the one that serves its format), closed on exit."""
     from portable_ep.backends.registry import default_registry
+    from portable_ep.exporters.worker import PROVIDER_TOOLS, phase
 
-    provider = default_registry().get(provider or RUNTIME_OF_FORMAT[fmt])
+    name = provider or RUNTIME_OF_FORMAT[fmt]
+    provider = default_registry().get(name)
     artifacts = ModelArtifacts(root=root, variants=(Variant(fmt, precision, file),))
+    tool = PROVIDER_TOOLS.get(name, name)
+    phase(tool, f"creating the {precision} session")
     session = provider.load(LoadRequest(artifacts=artifacts, precision=precision))
+    phase(tool, f"running the {precision} session")
     try:
         yield session
     finally:
@@ -45,11 +50,12 @@ def run_variant(root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, 
 def measure(
     root: Path, fmt: str, precision: str, file: Path, feeds: Feeds, golden: Mapping[str, np.ndarray],
     budget: Mapping[str, float], logits_outputs: Sequence[str], batched: bool = True, provider: str = "",
+    sorted_outputs: Sequence[str] = (),
 ) -> Tuple[dict, list]:
     """(the manifest's ``accuracy`` entry, [budget violation lines]) of ``file`` run by ``provider`` (default: ``fmt``'s)."""
     provider = provider or RUNTIME_OF_FORMAT[fmt]
     outputs = run_variant(root, fmt, precision, file, feeds, batched, provider=provider)
-    results, problems = compare_outputs(golden, outputs, budget, precision, logits_outputs)
+    results, problems = compare_outputs(golden, outputs, budget, precision, logits_outputs, sorted_outputs)
     entry = {
         "runtime": f"{provider} provider",
         "outputs": {name: acc.as_dict() for name, acc in results.items()},

@@ -206,5 +206,27 @@ def build_conv_net(path, seed: int = 0, size: int = 32, classes: int = 5) -> Pat
     return _save(graph, path)
 
 
+def build_float_ids(path, seed: int = 0, vocab: int = 41, embed: int = 8, window: int = 37) -> Path:
+    """Character ids stored as floats, read in windows of ``window`` (Cast → Gather → Reshape → mean).
+
+    The sequence dim is symbolic in the graph but only ``window`` runs (the reshape to
+    (-1, window, embed)), like a model exported with dynamic axes for a fixed input length:
+    inputs generated at the default length fail, inputs generated like a user's file of such
+    windows (exporters/inputs.py InputProfile) run.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(seed).standard_normal((vocab, embed)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["chars"], ["ids"], to=TensorProto.INT64),
+         helper.make_node("Gather", ["table", "ids"], ["embedded"], axis=0),
+         helper.make_node("Reshape", ["embedded", "windows"], ["windowed"]),
+         helper.make_node("ReduceMean", ["windowed"], ["y"], axes=[1], keepdims=0)],
+        "float_ids", [helper.make_tensor_value_info("chars", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", embed])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([-1, window, embed], np.int64), "windows")])
+    return _save(graph, path, opset=13)
+
+
 BUILDERS = {"mlp": build_mlp, "static_mlp": build_static_mlp, "identity": build_identity, "bag_of_words": build_bag_of_words,
             "conv_net": build_conv_net}

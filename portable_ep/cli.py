@@ -157,7 +157,7 @@ def _cmd_export(args) -> int:
         calibration=args.calibration, calibration_samples=args.calibration_samples,
         reference_samples=args.reference_samples, sequence_length=args.sequence_length, int8_mode=args.int8_mode,
         allow_out_of_budget=args.allow_out_of_budget, overwrite=args.overwrite, seed=args.seed, name=args.name,
-        progress=not args.no_progress,
+        progress=not args.no_progress, sorted_outputs=tuple(args.sorted_output), variant_timeout=args.variant_timeout,
     )
     result = export_bundle(args.source, args.out_dir, options)
     print_export_report(result, make_console())
@@ -419,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "encoders (about 2x fp32 on a VNNI CPU; static QDQ where that fails or misses the budget) and "
                         "static QDQ for other models; static = calibrated QDQ; dynamic = dynamic int8 (fused where "
                         "possible) (default: %(default)s)")
+    export.add_argument("--sorted-output", action="append", default=[], metavar="NAME",
+                        help="compare this output as a set of rows (ranked detections, top-k lists): each sample's rows "
+                        "are matched before comparing, repeatable (outputs of TopK/NonMaxSuppression are found by themselves)")
+    export.add_argument("--variant-timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="stop building or measuring one variant after this long and record it as failed "
+                        "(default: %(default)s)")
     export.add_argument("--allow-out-of-budget", action="store_true",
                         help="write the bundle even when a variant misses its accuracy budget (marked in the manifest)")
     export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")

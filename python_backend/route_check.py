@@ -49,7 +49,7 @@ def _load_npz(path) -> Dict[str, np.ndarray]:
 
 
 def _encoder_problems(session: Session, artifacts: ModelArtifacts, precision: str) -> list:
-    from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, compare_outputs
+    from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, SORTED_ROWS, compare_outputs, outputs_of_kind
     from portable_ep.exporters.samples import run_samples
 
     manifest = artifacts.manifest
@@ -58,7 +58,7 @@ def _encoder_problems(session: Session, artifacts: ModelArtifacts, precision: st
     golden = _load_npz(artifacts.root / reference.get("outputs", "reference/outputs.npz"))
     signature = manifest.get("signature") or {}
     batched = bool(signature.get("batched", True))
-    logits = [name for name, kind in (signature.get("output_kinds") or {}).items() if kind == "logits"]
+    logits = outputs_of_kind(signature, "logits")
     budget = (manifest.get("budgets") or {}).get(precision) or DEFAULT_BUDGETS.get(precision) or DEFAULT_BUDGETS["fp32"]
     batch = MEASURE_BATCH
     if batched:
@@ -74,7 +74,7 @@ def _encoder_problems(session: Session, artifacts: ModelArtifacts, precision: st
             inputs = {name: array[:whole] for name, array in inputs.items()}
             golden = {name: array[:whole] for name, array in golden.items()}
     outputs = run_samples(session.run, inputs, batched, batch)
-    _, problems = compare_outputs(golden, outputs, budget, precision, logits)
+    _, problems = compare_outputs(golden, outputs, budget, precision, logits, outputs_of_kind(signature, SORTED_ROWS))
     return problems
 
 

@@ -47,7 +47,18 @@ def corrupt_int8(bundle):
 
 
 @pytest.fixture(scope="module")
-def check_server(tmp_path_factory, installed_backend_dir):
+def float_ids_bundle(tmp_path_factory):
+    """A model of character ids stored as floats, exported with the user's calibration file of such ids."""
+    from portable_ep.models.tiny import build_float_ids
+
+    root = tmp_path_factory.mktemp("float-ids")
+    np.savez(root / "calibration.npz", chars=np.random.default_rng(4).integers(0, 41, size=(16, 37)).astype(np.float32))
+    return export_bundle(build_float_ids(root / "chars.onnx"), root / "bundle", ExportOptions(
+        formats=("onnx",), precisions=("fp32",), calibration=str(root / "calibration.npz"), progress=False)).bundle
+
+
+@pytest.fixture(scope="module")
+def check_server(tmp_path_factory, installed_backend_dir, float_ids_bundle):
     root = tmp_path_factory.mktemp("check")
     folder = build_tiny_bert_classifier(root / "tiny-bert", seed=0)
     bundle = export_bundle(folder, root / "bundle", ExportOptions(sequence_length=16, formats=("onnx",), progress=False)).bundle
@@ -56,6 +67,7 @@ def check_server(tmp_path_factory, installed_backend_dir):
     corrupt_int8(broken)
     add_to_repository(bundle, root / "repo", "good", RepoOptions(providers="cpu", precision="fp32"))
     add_to_repository(broken, root / "repo", "broken_int8", RepoOptions(providers="cpu", precision="int8"))
+    add_to_repository(float_ids_bundle, root / "repo", "float_ids", RepoOptions(providers="cpu", precision="fp32"))
     with TritonServer(root / "repo", backend_directory=installed_backend_dir) as server:
         yield server, bundle, broken
 
@@ -81,6 +93,16 @@ def test_good_model_passes_and_writes_reports(check_server, tmp_path):
     assert "| 4 / " in (tmp_path / "good" / "report.md").read_text()
     png = (tmp_path / "good" / "report.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
+
+
+def test_random_sample_is_generated_like_the_users_calibration_file(check_server, float_ids_bundle, tmp_path):
+    """Standard-normal floats of length 16 would be negative ids the model cannot run; the manifest's
+    profile of the calibration file (whole numbers 0..40, windows of 37) makes a sample it runs."""
+    server, _, _ = check_server
+    result = run_check(server, "float_ids", float_ids_bundle, tmp_path / "ids", "--concurrency", "1", "--requests", "8")
+    assert result.returncode == 0, result.stderr
+    random = json.loads((tmp_path / "ids" / "report.json").read_text())["accuracy"]["random"]
+    assert random["passed"] and random["samples"] == 8 and "note" not in random, random
 
 
 def test_corrupted_int8_variant_fails_accuracy_naming_output_amount_and_budget(check_server, tmp_path):

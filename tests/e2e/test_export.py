@@ -279,6 +279,7 @@ def test_int8_auto_falls_back_to_static_qdq_when_fusion_finds_nothing(tmp_path, 
     def no_attention(source, dest):
         raise ExportError("ONNX Runtime's transformer optimizer fused no attention (fused: nothing)")
 
+    monkeypatch.setenv("PORTABLE_EP_EXPORT_ISOLATION", "none")  # the replacement lives in this process, not the worker
     monkeypatch.setattr(onnx_variants, "fuse_transformer", no_attention)
     for mode, expected in (("auto", "static-qdq"), ("dynamic", "dynamic")):
         result = export_bundle(hf_folders["bert"], tmp_path / mode,
@@ -305,6 +306,7 @@ def test_int8_auto_falls_back_to_static_qdq_when_dynamic_misses_the_budget(tmp_p
         onnx.save(model, str(dest))
         return {"fused_ops": {"Attention": 2}}
 
+    monkeypatch.setenv("PORTABLE_EP_EXPORT_ISOLATION", "none")  # the replacement lives in this process, not the worker
     monkeypatch.setattr(onnx_variants, "quantize_dynamic_fused", scrambled)
     result = export_bundle(hf_folders["bert"], tmp_path / "bert", ExportOptions(
         sequence_length=16, formats=("onnx",), precisions=("fp32", "int8"), progress=False))
@@ -328,6 +330,7 @@ def test_int8_auto_falls_back_to_static_qdq_when_the_fused_graph_cannot_run(tmp_
         onnx.save(model, str(dest))
         return {"fused_ops": {"Attention": 2}}
 
+    monkeypatch.setenv("PORTABLE_EP_EXPORT_ISOLATION", "none")  # the replacement lives in this process, not the worker
     monkeypatch.setattr(onnx_variants, "quantize_dynamic_fused", unrunnable)
     result = export_bundle(hf_folders["bert"], tmp_path / "bert", ExportOptions(
         sequence_length=16, formats=("onnx",), precisions=("fp32", "int8"), progress=False))

@@ -35,8 +35,10 @@ def test_cosine_is_per_sample_mean_and_worst():
 
 
 def test_zero_rows_compare_as_equal_only_to_zero_rows():
+    # Two all-zero samples carry no direction: not scored by cosine (exporters/accuracy.py); a zero
+    # sample against a non-zero one is scored, and scores 0.
     acc = compare_output(np.zeros((2, 3)), np.array([[0.0, 0, 0], [0, 0, 1e-3]]))
-    assert acc.worst_cosine == 0.0 and acc.cosine == 0.5
+    assert acc.worst_cosine == 0.0 and acc.cosine == 0.0 and acc.unscored_samples == 1
 
 
 def test_violations_name_output_amount_and_budget():

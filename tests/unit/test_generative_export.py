@@ -103,3 +103,17 @@ def test_tied_output_projection_is_folded_for_the_quantizers(exported):
     transposes = sum(1 for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in {i.name for i in model.graph.initializer})
     assert fold_transposed_weights(model) == transposes >= 1
     assert not any(n.op_type == "Transpose" and n.input[0] in {i.name for i in model.graph.initializer} for n in model.graph.node)
+
+
+def test_a_native_crash_costs_one_decoder_variant(tmp_path, exported, monkeypatch):
+    """The generative variants are built in the worker process too (exporters/worker.py)."""
+    from portable_ep.exporters.worker import FAULT_ENV, ISOLATION_ENV
+
+    monkeypatch.delenv(ISOLATION_ENV, raising=False)
+    monkeypatch.setenv(FAULT_ENV, "onnx int8=segv")
+    work, _ = exported
+    result = export_generative(work / "hf", tmp_path / "bundle", GenerativeOptions(formats=("onnx",), progress=False))
+    by = {v["precision"]: v for v in result.manifest["variants"]}
+    assert by["int8"]["status"] == "failed" and by["int8"]["error"] == "onnxruntime crashed (SIGSEGV) creating the int8 session"
+    assert by["fp32"]["status"] == "ok" and by["int4"]["status"] in ("ok", "out_of_budget")
+    assert not (tmp_path / "bundle" / "model.int8.onnx").exists() and not list(tmp_path.glob(".bundle.partial-*"))
