@@ -182,6 +182,8 @@ def golden_data(model, tokenizer, server_tokenizer, eos_ids: Sequence[int], adva
     import torch
     from transformers import GenerationConfig
 
+    from portable_ep.generation.tokenizer import drop_repeated_bos
+
     # Plain greedy, as the server's decode loop runs it at temperature 0. A folder's generation_config.json
     # often carries sampling defaults (Qwen2.5-Instruct: repetition_penalty 1.05, top_k, top_p) that
     # transformers would otherwise merge into any config given here (its use_model_defaults); a repetition
@@ -192,7 +194,10 @@ def golden_data(model, tokenizer, server_tokenizer, eos_ids: Sequence[int], adva
     prompts = []
     for text in _prompts(tokenizer):
         ids = server_tokenizer.encode(text)
-        source_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        # The server's rule against a second BOS applies to the source's encoding too: a rendered chat
+        # template then gives transformers' apply_chat_template ids, not [BOS, BOS, ...].
+        source_ids = drop_repeated_bos(tokenizer(text, add_special_tokens=True)["input_ids"], text,
+                                       server_tokenizer.bos_token_id, server_tokenizer.bos_text)
         if ids != source_ids:
             raise ExportError("the bundle's tokenizer.json encodes the golden prompt differently from the source's "
                               f"tokenizer ({len(ids)} vs {len(source_ids)} tokens); the tokenizer cannot be served as is")
@@ -310,7 +315,8 @@ def _export_into(source: Path, work: Path, plan, options: GenerativeOptions, sta
         export_decoder(model, work / FILES["onnx", "fp32"])
     info = _decoder_info(model, tokenizer, eos_ids)
     with stages.stage("golden data from the source", total=len(PROMPTS) + 1) as stage:
-        golden = golden_data(model, tokenizer, BundleTokenizer(work / "tokenizer"), eos_ids, stage.advance)
+        golden = golden_data(model, tokenizer, BundleTokenizer(work / "tokenizer", info["bos_token_id"]), eos_ids,
+                             stage.advance)
         (work / "golden").mkdir()
         (work / info["golden"]).write_text(json.dumps(golden) + "\n")
     del model

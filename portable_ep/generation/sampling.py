@@ -20,10 +20,14 @@ class SamplingError(ValueError):
 
 
 # Accepted for compatibility with vLLM clients, meaningful only at their defaults here.
-_ONLY_DEFAULT = {"n": 1, "best_of": 1, "logprobs": None, "prompt_logprobs": None, "use_beam_search": False}
+_ONLY_DEFAULT = {"n": 1, "best_of": 1, "prompt_logprobs": None, "use_beam_search": False}
 # Keys Triton clients send beside the sampling parameters (read elsewhere or by Triton).
 _NOT_SAMPLING = {"stream", "exclude_input_in_output", "return_finish_reason", "return_num_output_tokens",
-                 "return_num_input_tokens", "text_input"}
+                 "return_num_input_tokens", "return_cumulative_logprob", "return_logprobs", "text_input"}
+#: Most alternatives ``logprobs`` may ask for per token (OpenAI's top_logprobs limit; vLLM's default max is 20).
+MAX_LOGPROBS = 20
+#: vLLM's structured-output names; at most one per request (``portable_ep.generation.grammar``).
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_json_object")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,23 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    #: Top alternatives to report per generated token (None: no logprobs; 0: the sampled token's only).
+    logprobs: Optional[int] = None
+    # Structured output (vLLM's names): a JSON schema (kept as JSON text), a regex, a list of
+    # choices, or any JSON object. The engine masks the logits with a grammar built from it.
+    guided_json: Optional[str] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[List[str]] = None
+    guided_json_object: bool = False
+
+    @property
+    def guided(self) -> Optional[tuple]:
+        """(vLLM name, value) of the request's structured-output constraint, or None."""
+        for name in GUIDED:
+            value = getattr(self, name)
+            if value not in (None, False):
+                return name, value
+        return None
 
     @property
     def greedy(self) -> bool:
@@ -79,11 +100,12 @@ class SamplingParams:
             elif isinstance(value, str) and isinstance(default, int) and value.strip().isdigit():
                 value = int(value)
             if key in values and value not in (default, None):
-                raise SamplingError(f"{key}={values[key]!r} is not supported (one sequence per request, no logprobs)")
+                raise SamplingError(f"{key}={values[key]!r} is not supported (one sequence per request, no prompt logprobs)")
         kwargs = {}
         for f in fields(cls):
             if f.name in values and values[f.name] is not None:
-                kwargs[f.name] = convert_value(f.name, values[f.name], f.type)
+                kind = "json-schema" if f.name == "guided_json" else f.type
+                kwargs[f.name] = convert_value(f.name, values[f.name], kind)
         params = cls(**kwargs)
         params.validate()
         return params
@@ -102,6 +124,12 @@ class SamplingParams:
             (all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids (>= 0)"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be a string or a list of non-empty strings"),
             (self.seed is None or self.seed >= 0, "seed must be >= 0"),
+            (self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+             f"logprobs must be between 0 and {MAX_LOGPROBS} (alternatives per token)"),
+            (sum(getattr(self, name) not in (None, False) for name in GUIDED) <= 1,
+             "give at most one of " + ", ".join(GUIDED)),
+            (self.guided_regex is None or self.guided_regex != "", "guided_regex must be a non-empty regular expression"),
+            (self.guided_choice is None or len(self.guided_choice) > 0, "guided_choice must list at least one string"),
         ]
         for ok, message in checks:
             if not ok:
@@ -138,6 +166,16 @@ def convert_value(name: str, value: Any, kind: str):
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
             raise ValueError
+        if kind == "Optional[str]":
+            if isinstance(value, str):
+                return value
+            raise ValueError
+        if kind == "Optional[List[str]]":
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise ValueError
+        if kind == "json-schema":
+            return _schema_text(name, value)
         if kind == "List[int]":
             if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 return list(value)
@@ -145,8 +183,22 @@ def convert_value(name: str, value: Any, kind: str):
     except (TypeError, ValueError):
         pass
     wanted = {"int": "an integer", "float": "a number", "Optional[int]": "an integer", "bool": "true or false",
-              "List[str]": "a string or a list of strings", "List[int]": "a list of integers"}[kind]
+              "List[str]": "a string or a list of strings", "List[int]": "a list of integers",
+              "Optional[str]": "a string", "Optional[List[str]]": "a list of strings",
+              "json-schema": "a JSON schema (an object, or a string holding one)"}[kind]
     raise SamplingError(f"sampling parameter {name}={value!r} must be {wanted}")
+
+
+def _schema_text(name: str, value: Any) -> str:
+    """A JSON schema as compact JSON text; given as an object or as JSON text (OpenAI clients send either)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError from None
+    if not isinstance(value, dict):
+        raise ValueError
+    return json.dumps(value, separators=(",", ":"))
 
 
 class Sampler:
