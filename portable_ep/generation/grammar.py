@@ -129,7 +129,8 @@ class GrammarMatcher:
 
 
 def _first_line(text: str) -> str:
-    return (text or "unknown error").strip().splitlines()[0][:300]
+    """llguidance's message on one line (its regex errors span several, the cause on the last ones)."""
+    return " ".join(line.strip() for line in (text or "unknown error").splitlines() if line.strip())[:300]
 
 
 def tokenizer_json_text(path) -> str:

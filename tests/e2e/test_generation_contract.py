@@ -230,7 +230,11 @@ def test_refusals_are_invalid_argument_and_triton_counts_them_as_failures(server
     with StreamingClient(server.grpc_url, MODEL) as client:  # the model serves on, and counts a success
         assert client.generate("hello", {"max_tokens": 3, "ignore_eos": True}).text
     assert _stats(server)["success"] == before["success"] + 1
-    assert "Traceback" not in server.log_text()
+    log = server.log_text()
+    assert "Traceback" not in log
+    # Triton's log names each refusal in one line
+    assert [line for line in log.splitlines() if "request refused: max_tokens must be at least 1" in line]
+    print("\n".join(line for line in log.splitlines() if "request refused" in line))
 
 
 def test_structured_output_validates_whenever_it_stops(server, chat_tokenizer):
