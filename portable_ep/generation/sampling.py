@@ -28,6 +28,12 @@ _NOT_SAMPLING = {"stream", "exclude_input_in_output", "return_finish_reason", "r
 MAX_LOGPROBS = 20
 #: vLLM's structured-output names; at most one per request (``portable_ep.generation.grammar``).
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_json_object")
+# Names Triton's own OpenAI frontend forwards in vLLM mode (it passes the OpenAI request's fields through):
+# OpenAI's newer max_completion_tokens and top_logprobs, and vLLM's guided_decoding object (tool calls).
+_ALIASES = {"max_completion_tokens", "top_logprobs", "guided_decoding"}
+#: guided_decoding's keys → the guided_* parameter each one is.
+_GUIDED_DECODING = {"json": "guided_json", "regex": "guided_regex", "choice": "guided_choice",
+                    "json_object": "guided_json_object"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class SamplingParams:
         values: dict = {}
         known = {f.name for f in fields(cls)}
         for key, value in (parameters or {}).items():
-            if key in known or key in _ONLY_DEFAULT:
+            if key in known or key in _ONLY_DEFAULT or key in _ALIASES:
                 values[key] = value
         if sampling_json:
             try:
@@ -85,7 +91,7 @@ class SamplingParams:
                 raise SamplingError(f"sampling_parameters is not JSON ({exc.msg} at position {exc.pos})") from None
             if not isinstance(given, dict):
                 raise SamplingError("sampling_parameters must be a JSON object, e.g. {\"max_tokens\": 64, \"temperature\": 0}")
-            unknown = sorted(set(given) - known - set(_ONLY_DEFAULT) - _NOT_SAMPLING)
+            unknown = sorted(set(given) - known - set(_ONLY_DEFAULT) - _NOT_SAMPLING - _ALIASES)
             if unknown:
                 raise SamplingError(f"unknown sampling parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
             values.update({k: v for k, v in given.items() if k not in _NOT_SAMPLING})
@@ -93,6 +99,7 @@ class SamplingParams:
 
     @classmethod
     def build(cls, values: Mapping[str, Any]) -> "SamplingParams":
+        values = _resolve_aliases(values)
         for key, default in _ONLY_DEFAULT.items():
             value = values.get(key)
             if isinstance(value, str) and isinstance(default, bool):
@@ -187,6 +194,36 @@ def convert_value(name: str, value: Any, kind: str):
               "Optional[str]": "a string", "Optional[List[str]]": "a list of strings",
               "json-schema": "a JSON schema (an object, or a string holding one)"}[kind]
     raise SamplingError(f"sampling parameter {name}={value!r} must be {wanted}")
+
+
+def _resolve_aliases(given: Mapping[str, Any]) -> dict:
+    """Other clients' names for the same parameters, as vLLM's own names.
+
+    OpenAI's chat request has ``logprobs`` as a flag (false: none; true: with ``top_logprobs``
+    alternatives) where vLLM has a count, and ``max_completion_tokens`` for ``max_tokens``;
+    vLLM's ``guided_decoding`` object holds what the ``guided_*`` parameters say.
+    """
+    values = dict(given)
+    if isinstance(values.get("logprobs"), bool):
+        values["logprobs"] = values.get("top_logprobs") or 0 if values["logprobs"] else None
+    top = values.pop("top_logprobs", None)
+    if top is not None and values.get("logprobs") is None:
+        raise SamplingError("top_logprobs needs logprobs: true")
+    completion = values.pop("max_completion_tokens", None)
+    if completion is not None and values.get("max_tokens") is None:
+        values["max_tokens"] = completion
+    guided = values.pop("guided_decoding", None)
+    if guided is not None:
+        if not isinstance(guided, dict):
+            raise SamplingError("sampling parameter guided_decoding must be an object, e.g. {\"json\": {...}}")
+        for key, value in guided.items():
+            if value in (None, False):
+                continue
+            if key not in _GUIDED_DECODING:
+                raise SamplingError(f"guided_decoding.{key} is not supported; use one of "
+                                    + ", ".join(_GUIDED_DECODING))
+            values[_GUIDED_DECODING[key]] = value
+    return values
 
 
 def _schema_text(name: str, value: Any) -> str:

@@ -137,3 +137,21 @@ def test_a_second_bos_is_dropped_only_when_the_text_begins_with_it():
     assert drop_repeated_bos([1, 5, 6], "<s>hi", 1, "<s>") == [1, 5, 6]  # the tokenizer adds none: nothing to drop
     assert drop_repeated_bos([1, 1, 5], "hi <s>", 1, "<s>") == [1, 1, 5]  # not at the start: the text's own choice
     assert drop_repeated_bos([1, 1, 5], "<s>hi", None, None) == [1, 1, 5]  # no BOS known
+
+
+def test_the_names_tritons_openai_frontend_forwards_are_understood():
+    """Triton's OpenAI frontend (vLLM mode) passes the OpenAI request's fields on as sampling parameters."""
+    chat_defaults = {"logprobs": False, "n": 1, "temperature": 1, "top_p": 1, "frequency_penalty": 0,
+                     "presence_penalty": 0, "max_completion_tokens": 7}
+    params = SamplingParams.from_request(json.dumps(chat_defaults))
+    assert (params.logprobs, params.max_tokens) == (None, 7)
+    assert SamplingParams.from_request(json.dumps({"logprobs": True, "top_logprobs": 3})).logprobs == 3
+    assert SamplingParams.from_request(json.dumps({"logprobs": True})).logprobs == 0
+    assert SamplingParams.from_request(json.dumps({"max_tokens": 5, "max_completion_tokens": 9})).max_tokens == 5
+    guided = SamplingParams.from_request(json.dumps({"guided_decoding": {"json": SCHEMA, "backend": None}})).guided
+    assert guided[0] == "guided_json" and json.loads(guided[1]) == SCHEMA
+    for sampling, words in [({"top_logprobs": 2}, "top_logprobs needs logprobs: true"),
+                            ({"guided_decoding": {"grammar": "x"}}, "guided_decoding.grammar is not supported"),
+                            ({"guided_decoding": {"json": SCHEMA, "regex": "a"}}, "at most one of")]:
+        with pytest.raises(SamplingError, match=words):
+            SamplingParams.from_request(json.dumps(sampling))
