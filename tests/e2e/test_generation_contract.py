@@ -31,12 +31,11 @@ jsonschema = pytest.importorskip("jsonschema", reason="answers are validated wit
 pytestmark = pytest.mark.e2e
 
 from portable_ep.exporters.repository import RepoOptions, add_to_repository  # noqa: E402
-from portable_ep.generation.client import StreamingClient, generation_inputs  # noqa: E402
+from portable_ep.generation.client import RETURN_INPUTS, StreamingClient, generation_inputs  # noqa: E402
 from portable_ep.triton_process import TritonServer  # noqa: E402
 
 MODEL = "llm"
-EXTRA = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens", "return_cumulative_logprob",
-         "return_logprobs")
+EXTRA = RETURN_INPUTS
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "rank"],
           "properties": {"city": {"enum": ["Paris", "Lyon", "Nice"]}, "rank": {"type": "integer", "minimum": 1, "maximum": 9}}}
 
@@ -87,11 +86,7 @@ def _stream(server, prompt: str, sampling: dict, stream: bool = True, extra=EXTR
     client = grpcclient.InferenceServerClient(server.grpc_url)
     client.start_stream(callback=lambda result, error: got.put((result, error)),
                         headers={"triton_grpc_error": "true"} if grpc_error else None)
-    inputs = generation_inputs(grpcclient, prompt, stream, sampling, exclude_input)
-    for name in extra:
-        tensor = grpcclient.InferInput(name, [1], "BOOL")
-        tensor.set_data_from_numpy(np.array([True]))
-        inputs.append(tensor)
+    inputs = generation_inputs(grpcclient, prompt, stream, sampling, exclude_input, returns=extra)
     client.async_stream_infer(MODEL, inputs, enable_empty_final_response=True)
     responses = []
     try:
