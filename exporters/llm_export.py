@@ -119,6 +119,10 @@ def _load_source(source: Path):
         entry = {"kind": "huggingface", "path": source.name, "task": TASK, "framework": "pytorch (transformers)"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+        if source.suffix.lower() == ".gguf":
+            from portable_ep.exporters.llm_tokenizer_files import correct_gguf_tokenizer
+
+            correct_gguf_tokenizer(tokenizer, source)  # BOS/EOS and the BOS rule the GGUF states
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
                                                      attn_implementation="eager", **kwargs).eval()
     except (OSError, ValueError, KeyError) as exc:
@@ -182,6 +186,8 @@ def golden_data(model, tokenizer, server_tokenizer, eos_ids: Sequence[int], adva
     import torch
     from transformers import GenerationConfig
 
+    from portable_ep.generation.tokenizer import drop_repeated_bos
+
     # Plain greedy, as the server's decode loop runs it at temperature 0. A folder's generation_config.json
     # often carries sampling defaults (Qwen2.5-Instruct: repetition_penalty 1.05, top_k, top_p) that
     # transformers would otherwise merge into any config given here (its use_model_defaults); a repetition
@@ -192,7 +198,10 @@ def golden_data(model, tokenizer, server_tokenizer, eos_ids: Sequence[int], adva
     prompts = []
     for text in _prompts(tokenizer):
         ids = server_tokenizer.encode(text)
-        source_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        # The server's rule against a second BOS applies to the source's encoding too: a rendered chat
+        # template then gives transformers' apply_chat_template ids, not [BOS, BOS, ...].
+        source_ids = drop_repeated_bos(tokenizer(text, add_special_tokens=True)["input_ids"], text,
+                                       server_tokenizer.bos_token_id, server_tokenizer.bos_text)
         if ids != source_ids:
             raise ExportError("the bundle's tokenizer.json encodes the golden prompt differently from the source's "
                               f"tokenizer ({len(ids)} vs {len(source_ids)} tokens); the tokenizer cannot be served as is")
@@ -245,13 +254,13 @@ def budget_problems(accuracy: dict, budget: dict) -> List[str]:
     return problems + teacher_forced_problems(accuracy, budget)
 
 
-def _decoder_info(model, tokenizer, eos_ids) -> dict:
+def _decoder_info(model, tokenizer, eos_ids, eot_id=None) -> dict:
     config = model.config
     heads = config.num_attention_heads
     return {
         "architecture": (config.architectures or [type(model).__name__])[0],
         "context_length": int(getattr(config, "max_position_embeddings", 2048)),
-        "eos_token_ids": list(eos_ids), "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_ids": list(eos_ids), "bos_token_id": tokenizer.bos_token_id, "eot_token_id": eot_id,
         "vocab_size": int(config.vocab_size), "num_layers": int(config.num_hidden_layers),
         "num_kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
         "head_dim": int(getattr(config, "head_dim", None) or config.hidden_size // heads),
@@ -319,19 +328,26 @@ def _export_with(worker, source: Path, work: Path, plan, options: GenerativeOpti
     from portable_ep.exporters.worker import WorkerDied, fault_for
     from portable_ep.generation.tokenizer import BundleTokenizer
 
+    from portable_ep.exporters.llm_tokenizer_files import check_saved_tokenizer, end_of_turn_id, fix_tokenizer_class
+
     with stages.stage("load the language model"):
         model, tokenizer, source_entry = _load_source(source)
-        eos_ids = _eos_ids(model, tokenizer)
+        # The chat template's end-of-turn token ends an answer as EOS does (when it is not EOS itself).
+        eot_id = end_of_turn_id(tokenizer)
+        eos_ids = sorted(set(_eos_ids(model, tokenizer)) | ({eot_id} if eot_id is not None else set()))
         # The chat template inside tokenizer_config.json, where every client and older transformers look
         # (transformers >= 4.56 would otherwise write it to chat_template.jinja beside it).
         tokenizer.save_pretrained(work / "tokenizer", save_jinja_files=False)
         if not (work / "tokenizer" / "tokenizer.json").is_file():
             raise ExportError(f"{source}'s tokenizer has no fast (tokenizer.json) form, which the server needs")
+        fix_tokenizer_class(work / "tokenizer")
+        check_saved_tokenizer(work / "tokenizer", tokenizer, _prompts(tokenizer))
     with stages.stage("export the decoder with KV cache"):
         export_decoder(model, work / FILES["onnx", "fp32"])
-    info = _decoder_info(model, tokenizer, eos_ids)
+    info = _decoder_info(model, tokenizer, eos_ids, eot_id)
     with stages.stage("golden data from the source", total=len(PROMPTS) + 1) as stage:
-        golden = golden_data(model, tokenizer, BundleTokenizer(work / "tokenizer"), eos_ids, stage.advance)
+        golden = golden_data(model, tokenizer, BundleTokenizer(work / "tokenizer", info["bos_token_id"]), eos_ids,
+                             stage.advance)
         (work / "golden").mkdir()
         (work / info["golden"]).write_text(json.dumps(golden) + "\n")
     del model

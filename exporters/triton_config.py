@@ -84,10 +84,18 @@ def build_model_config(
     return config
 
 
-# vLLM's Triton backend I/O (name, type, optional): its clients and genai-perf use it as is.
+# vLLM's Triton backend I/O (name, type, optional): its clients, genai-perf and Triton's own OpenAI
+# frontend (which always sends the return_* inputs) use it as is. Outputs (name, type, dims) as vLLM's
+# backend declares them (its docs/additional_outputs.md); each return_* input asks for one output.
 GENERATION_INPUTS = (("text_input", "TYPE_STRING", False), ("stream", "TYPE_BOOL", True),
-                     ("sampling_parameters", "TYPE_STRING", True), ("exclude_input_in_output", "TYPE_BOOL", True))
+                     ("sampling_parameters", "TYPE_STRING", True), ("exclude_input_in_output", "TYPE_BOOL", True),
+                     ("return_finish_reason", "TYPE_BOOL", True), ("return_cumulative_logprob", "TYPE_BOOL", True),
+                     ("return_logprobs", "TYPE_BOOL", True), ("return_num_input_tokens", "TYPE_BOOL", True),
+                     ("return_num_output_tokens", "TYPE_BOOL", True))
 GENERATION_OUTPUT = "text_output"
+GENERATION_OUTPUTS = (("text_output", "TYPE_STRING", (-1,)), ("finish_reason", "TYPE_STRING", (-1,)),
+                      ("cumulative_logprob", "TYPE_FP32", (-1,)), ("logprobs", "TYPE_STRING", (-1,)),
+                      ("num_input_tokens", "TYPE_UINT32", (1,)), ("num_output_tokens", "TYPE_UINT32", (-1,)))
 
 
 def build_generation_config(
@@ -108,7 +116,8 @@ def build_generation_config(
     config.model_transaction_policy.decoupled = True
     for input_name, data_type, optional in GENERATION_INPUTS:
         config.input.add(name=input_name, data_type=pb2.DataType.Value(data_type), dims=[1], optional=optional)
-    config.output.add(name=GENERATION_OUTPUT, data_type=pb2.DataType.Value("TYPE_STRING"), dims=[-1])
+    for output_name, data_type, dims in GENERATION_OUTPUTS:
+        config.output.add(name=output_name, data_type=pb2.DataType.Value(data_type), dims=list(dims))
     config.instance_group.add(count=1, kind=pb2.ModelInstanceGroup.Kind.Value(instance_kind))
     _set_parameters(config, providers, precision, parameters)
     return config

@@ -29,8 +29,12 @@ def smollm2_tokenizer():
 
     from portable_ep.models.smollm2 import smollm2_gguf_path
 
+    from portable_ep.exporters.llm_tokenizer_files import correct_gguf_tokenizer
+
     gguf = smollm2_gguf_path()
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    correct_gguf_tokenizer(tokenizer, gguf)  # BOS/EOS and the BOS rule as the GGUF states them
+    return tokenizer
 
 
 def build_tiny_llama(folder, *, seed: int = 0, tokenizer=None, generation_config: dict = None) -> Path:

@@ -26,7 +26,12 @@ Feeds = Mapping[str, np.ndarray]
 
 
 class RequestError(ValueError):
-    """A problem with one request; only that request fails."""
+    """A problem with one request; only that request fails. The client got it wrong: Triton's
+    INVALID_ARGUMENT (HTTP 400)."""
+
+
+class ModelFailure(RequestError):
+    """The runtime failed on one request that passed every check: INTERNAL (HTTP 500), the model's fault."""
 
 
 def _shape_text(shape) -> str:
@@ -254,4 +259,4 @@ class BatchExecutor:
             if self.log is not None:
                 shapes = ", ".join(f"{n} {_shape_text(a.shape)}" for n, a in group[0].feeds.items())
                 self.log(f"{self.session.provider} failed on a request of model {self.config.name!r} ({shapes}): {exc}")
-            results[group[0].index] = RequestError(f"{self.session.provider} failed on this request: {runtime_cause(exc)}")
+            results[group[0].index] = ModelFailure(f"{self.session.provider} failed on this request: {runtime_cause(exc)}")

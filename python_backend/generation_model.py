@@ -12,7 +12,28 @@ they are:
 - ``stream`` (BOOL [1], optional), ``exclude_input_in_output`` (BOOL [1], optional);
 - ``sampling_parameters`` (BYTES [1], optional): JSON with vLLM's names
   (``portable_ep.generation.sampling``), also read from request parameters;
-- ``text_output`` (BYTES [-1]).
+- ``text_output`` (BYTES [-1]);
+- vLLM's optional outputs, each sent on every response of a request that sets its BOOL
+  input: ``return_finish_reason`` → ``finish_reason`` (BYTES: "None" until the last
+  response, then "stop", "length" or "abort"), ``return_num_input_tokens`` →
+  ``num_input_tokens`` (UINT32, the prompt's tokens), ``return_num_output_tokens`` →
+  ``num_output_tokens`` (UINT32, tokens generated since the previous response),
+  ``return_cumulative_logprob`` → ``cumulative_logprob`` (FP32, the sum of the generated
+  tokens' log-probabilities so far), ``return_logprobs`` → ``logprobs`` (BYTES, JSON:
+  per new token ``{token id: {"logprob", "rank", "decoded_token"}}``, or ``null`` when the
+  sampling parameters ask for no ``logprobs``).
+
+Refusals carry Triton's error codes: what the client got wrong (a bad input or sampling
+parameter, a limit, a prompt over the context) is INVALID_ARGUMENT (HTTP 400), a full KV
+cache or an unloading model UNAVAILABLE (503, retry), anything else INTERNAL (500). A
+request refused in ``execute`` is also counted by Triton as a failure
+(``nv_inference_request_failure``, the model's ``fail`` statistics): Triton 2.51's python
+backend reports one success flag per ``execute`` call and sets it false only when
+``execute`` raises, so after the refusal is sent (which closes the request's response
+sender: Triton sends nothing more for it) ``execute`` raises :class:`RefusedRequests`.
+Triton then logs one line per refusal. A failure after the request was accepted (a
+decode pass that fails) reaches the client as INTERNAL; Triton has already counted the
+request by then, so only ``portable_ep_request_errors_total`` counts it.
 
 Parameters of the model (config.pbtxt): ``generation.kv_cache_mb`` (the cache budget,
 default 1024), ``generation.max_batch`` (sequences decoding together, default 16),
@@ -39,7 +60,8 @@ import numpy as np
 
 from portable_ep.generation.bundle import bundle_engine
 from portable_ep.generation.decoder import NotADecoder
-from portable_ep.generation.engine import EngineLimits, GenerationEngine, GenerationRequest, Output, RequestRefused
+from portable_ep.generation.engine import (EngineLimits, GenerationEngine, GenerationRequest, Output, Overloaded,
+                                          RequestRefused)
 from portable_ep.generation.sampling import SamplingError, SamplingParams, convert_value
 from portable_ep.generation.tokenizer import BundleTokenizer
 from portable_ep.python_backend.model_config import ModelConfigError, ServingConfig
@@ -49,10 +71,20 @@ TASK = "text-generation"
 DEFAULT_KV_CACHE_MB = 1024
 DEFAULT_MAX_BATCH = 16
 OUTPUT = "text_output"
+#: vLLM's optional outputs: the BOOL input that asks for each, and its output.
+EXTRA_OUTPUTS = (("return_finish_reason", "finish_reason"), ("return_num_input_tokens", "num_input_tokens"),
+                 ("return_num_output_tokens", "num_output_tokens"), ("return_cumulative_logprob", "cumulative_logprob"),
+                 ("return_logprobs", "logprobs"))
+#: vLLM's finish reasons (a cancelled request is vLLM's "abort").
+FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "abort"}
 
 
 class BadRequest(ValueError):
     """The request's inputs are wrong; the message names the input."""
+
+
+class RefusedRequests(Exception):
+    """Raised by ``execute`` after its requests were refused, so that Triton counts them as failures."""
 
 
 def is_generative(version_dir: Path) -> bool:
@@ -146,8 +178,18 @@ def _flag(request, name: str, parameters: dict, pb) -> bool:
         raise BadRequest(str(exc)) from None
 
 
-def parse_request(request, pb, limits: Optional[EngineLimits] = None):
-    """(prompt text, stream, exclude_input_in_output, SamplingParams) or BadRequest/SamplingError/RequestRefused.
+@dataclass(frozen=True)
+class ParsedRequest:
+    prompt: str
+    stream: bool
+    exclude_input: bool
+    params: SamplingParams
+    #: Names of the optional outputs asked for (``finish_reason``, ...).
+    extra_outputs: frozenset = frozenset()
+
+
+def parse_request(request, pb, limits: Optional[EngineLimits] = None) -> ParsedRequest:
+    """The request's prompt, flags and SamplingParams, or BadRequest/SamplingError/RequestRefused.
 
     Sizes are checked before the work they would cost: the prompt's bytes before it is
     decoded (and tokenized, later), the JSON's bytes before it is parsed.
@@ -172,16 +214,18 @@ def parse_request(request, pb, limits: Optional[EngineLimits] = None):
         parameters = {}
     stream = _flag(request, "stream", parameters, pb)
     exclude = _flag(request, "exclude_input_in_output", parameters, pb)
+    extra = frozenset(output for flag, output in EXTRA_OUTPUTS if _flag(request, flag, parameters, pb))
     if isinstance(sampling, bytes):
         sampling = sampling.decode("utf-8", errors="replace")
-    return str(text), stream, exclude, SamplingParams.from_request(sampling, parameters)
+    return ParsedRequest(str(text), stream, exclude, SamplingParams.from_request(sampling, parameters), extra)
 
 
 class ResponseStream:
     """Turns the engine's outputs for one request into Triton responses on its sender."""
 
     def __init__(self, pb, sender, prompt: str, stream: bool, exclude_input: bool, on_done=None,
-                 log_info=lambda message: None):
+                 log_info=lambda message: None, extra_outputs: frozenset = frozenset(), prompt_tokens: int = 0,
+                 decode_token: Callable[[int], str] = str):
         self.pb, self.sender = pb, sender
         self.stream = stream
         # vLLM's rule: the prompt is prepended to a non-streamed answer unless excluded.
@@ -189,13 +233,44 @@ class ResponseStream:
         self.on_done = on_done
         self.log_info = log_info
         self.tokens = 0
+        self.extra = extra_outputs
+        self.prompt_tokens = prompt_tokens
+        self.decode_token = decode_token
+        self._unsent_tokens = 0  # generated since the last response (num_output_tokens)
+        self._unsent_logprobs: list = []
 
-    def _response(self, text: str):
-        return self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(OUTPUT, np.array([text.encode("utf-8")], dtype=np.object_))])
+    def _response(self, text: str, output: Optional[Output] = None):
+        pb = self.pb
+        tensors = [pb.Tensor(OUTPUT, np.array([text.encode("utf-8")], dtype=np.object_))]
+        extra = self.extra
+        if extra and output is not None:
+            if "finish_reason" in extra:
+                reason = FINISH_REASONS.get(output.finish_reason, str(output.finish_reason))
+                tensors.append(pb.Tensor("finish_reason", np.array([reason.encode("utf-8")], dtype=np.object_)))
+            if "num_input_tokens" in extra:
+                tensors.append(pb.Tensor("num_input_tokens", np.array([self.prompt_tokens], dtype=np.uint32)))
+            if "num_output_tokens" in extra:
+                tensors.append(pb.Tensor("num_output_tokens", np.array([self._unsent_tokens], dtype=np.uint32)))
+            if "cumulative_logprob" in extra:
+                tensors.append(pb.Tensor("cumulative_logprob", np.array([output.cumulative_logprob], dtype=np.float32)))
+            if "logprobs" in extra:
+                tensors.append(pb.Tensor("logprobs", np.array([self._logprobs_json(output).encode("utf-8")], dtype=np.object_)))
+        self._unsent_tokens = 0
+        self._unsent_logprobs = []
+        return pb.InferenceResponse(output_tensors=tensors)
+
+    def _logprobs_json(self, output: Output) -> str:
+        if output.logprobs is None:
+            return "null"
+        return json.dumps([{str(token): {"logprob": value, "rank": rank, "decoded_token": self.decode_token(token)}
+                            for token, (value, rank) in entry.items()} for entry in self._unsent_logprobs])
 
     def __call__(self, output: Output) -> None:
         pb, final_flag = self.pb, self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         self.tokens += len(output.token_ids)
+        self._unsent_tokens += len(output.token_ids)
+        if output.logprobs:
+            self._unsent_logprobs.extend(output.logprobs)
         final = output.finish_reason is not None or output.error is not None
         if output.error is not None:
             self.sender.send(pb.InferenceResponse(error=pb.TritonError(output.error)), flags=final_flag)
@@ -205,13 +280,15 @@ class ResponseStream:
                              flags=final_flag)
         elif self.stream:
             if output.text:
-                self.sender.send(self._response(output.text), flags=final_flag if final else 0)
+                self.sender.send(self._response(output.text, output), flags=final_flag if final else 0)
+            elif final and self.extra:  # the last figures (finish reason, counts) travel on a response of their own
+                self.sender.send(self._response("", output), flags=final_flag)
             elif final:
                 self.sender.send(flags=final_flag)
         else:
             self.text += output.text
             if final:
-                self.sender.send(self._response(self.text), flags=final_flag)
+                self.sender.send(self._response(self.text, output), flags=final_flag)
         if final and self.on_done is not None:
             self.on_done(output)
 
@@ -272,32 +349,50 @@ class GenerationServing:
 
     def execute(self, requests):
         pb = self.pb
+        refused = []
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prompt, stream, exclude, params = parse_request(request, pb, self.engine.limits)
+                parsed = parse_request(request, pb, self.engine.limits)
+                params = parsed.params
                 self.engine.check_params(params)  # before tokenizing: refusals that cost nothing come first
-                responses = ResponseStream(pb, sender, prompt, stream, exclude, on_done=self._done,
-                                           log_info=self.log_info)
+                prompt_ids = self.tokenizer.encode(parsed.prompt)
+                responses = ResponseStream(pb, sender, parsed.prompt, parsed.stream, parsed.exclude_input,
+                                           on_done=self._done, log_info=self.log_info,
+                                           extra_outputs=parsed.extra_outputs, prompt_tokens=len(prompt_ids),
+                                           decode_token=self._decode_token)
                 with self._pending_lock:
                     self._pending += 1
                 try:
-                    self.engine.submit(GenerationRequest(self.tokenizer.encode(prompt), params,
-                                                         self.sender.wrap(responses), is_cancelled=sender.is_cancelled))
+                    self.engine.submit(GenerationRequest(prompt_ids, params, self.sender.wrap(responses),
+                                                         is_cancelled=sender.is_cancelled,
+                                                         want_logprob="cumulative_logprob" in parsed.extra_outputs))
                 except BaseException:
                     self._settle()
                     raise
+            except Overloaded as exc:
+                refused.append(self._refuse(sender, str(exc), pb.TritonError.UNAVAILABLE))
             except (BadRequest, SamplingError, RequestRefused) as exc:
-                self._refuse(sender, str(exc))
+                refused.append(self._refuse(sender, str(exc), pb.TritonError.INVALID_ARG))
             except Exception as exc:  # noqa: BLE001 - this request only; the model keeps serving
-                self._refuse(sender, f"could not start generating: {type(exc).__name__}: {exc}")
+                refused.append(self._refuse(sender, f"could not start generating: {type(exc).__name__}: {exc}",
+                                            pb.TritonError.INTERNAL))
+        if refused and len(refused) == len(requests):
+            # Every request of this call is answered: raising now makes Triton count them as failures
+            # and sends nothing more (their senders are closed). With an accepted request in the same
+            # call it would fail that one too, so then the refusals count only in our own metric.
+            raise RefusedRequests("; ".join(refused))
         return None
 
-    def _refuse(self, sender, message: str) -> None:
+    def _decode_token(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
+    def _refuse(self, sender, message: str, code) -> str:
         pb = self.pb
-        sender.send(pb.InferenceResponse(error=pb.TritonError(message)), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        sender.send(pb.InferenceResponse(error=pb.TritonError(message, code)), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         if self.metrics is not None:
             self.metrics.record_execution(1, 1, 0.0)
+        return f"request refused: {message}"
 
     def _settle(self) -> None:
         with self._pending_lock:

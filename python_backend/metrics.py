@@ -154,3 +154,22 @@ class BackendMetrics:
             self.flush()
         except Exception:  # noqa: BLE001 - the server may already be tearing the metrics down
             pass
+        self.release()
+
+    def release(self) -> None:
+        """Remove this instance's series from Triton's /metrics now.
+
+        Triton drops a custom metric when the stub's object for it is collected; a stub that
+        exits holding them leaves the series behind, so after a reload with another precision
+        ``portable_ep_model_info`` showed both the old series and the new one (and ``check``
+        could read the wrong precision). Dropping every reference while the stub still talks
+        to the server deletes them; a reloaded model's new instance has published its own.
+        """
+        import gc
+
+        for name in ("_info", "_skipped", "_restarts", "_last_restart", "_requests", "_errors", "_executions",
+                     "_seconds", "_calls", "_padded"):
+            if hasattr(self, name):
+                delattr(self, name)
+        self._families = {}
+        gc.collect()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from portable_ep.heartbeat import Heartbeat
-from portable_ep.python_backend.batching import BatchExecutor
+from portable_ep.python_backend.batching import BatchExecutor, ModelFailure, RequestError
 from portable_ep.python_backend.generation_model import GenerationServing, is_generative, load_generator
 from portable_ep.python_backend.metrics import BackendMetrics
 from portable_ep.python_backend.mixed_lengths import PARAMETER as MIXED_LENGTHS, choose_policy
@@ -70,6 +70,19 @@ def log_route(log, where: str, resolution) -> None:
         return
     measured = note.label in (MEASURED_AT_EXPORT, MEASURED_AT_LOAD)
     (log.log_info if measured else log.log_warn)(f"{where}: {note.line}")
+
+
+def error_code(pb, error: Exception):
+    """Triton's code for a refused request: the client's mistake is INVALID_ARG (gRPC INVALID_ARGUMENT, HTTP 400),
+    the runtime failing on a valid request INTERNAL (500).
+
+    Triton 2.51's python backend still counts such a response as a success in its statistics
+    (it reports one flag per execute() call, false only when execute() raises, which would
+    answer the whole batch INTERNAL); ``portable_ep_request_errors_total`` counts every one.
+    """
+    if isinstance(error, ModelFailure) or not isinstance(error, RequestError):
+        return pb.TritonError.INTERNAL
+    return pb.TritonError.INVALID_ARG
 
 
 class TritonModel:
@@ -165,7 +178,7 @@ class TritonModel:
         for request, result in zip(requests, results):
             if isinstance(result, Exception):
                 errors += 1
-                responses.append(pb.InferenceResponse(error=pb.TritonError(str(result))))
+                responses.append(pb.InferenceResponse(error=pb.TritonError(str(result), error_code(pb, result))))
                 continue
             wanted = request.requested_output_names() or result.keys()
             responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(name, result[name]) for name in wanted]))

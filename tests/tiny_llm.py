@@ -29,22 +29,31 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['con
                  "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
-def hf_tokenizer():
-    """The trained BPE as a transformers tokenizer, with a chat template."""
+def hf_tokenizer(add_bos: bool = False):
+    """The trained BPE as a transformers tokenizer, with a chat template.
+
+    ``add_bos``: its post-processor puts BOS in front of every encoding, as Llama's and the
+    SmolLM2 GGUF's do; the chat template begins with that same token, so a rendered template
+    encoded with special tokens starts with two of them unless the server's rule drops one.
+    """
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(), eos_token=EOS, bos_token=EOS)
+    tokenizer = build_tokenizer()
+    if add_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(single=f"{EOS} $A", special_tokens=[(EOS, 0)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def build_tiny_llama(folder: Path):
+def build_tiny_llama(folder: Path, add_bos: bool = False):
     """A Hugging Face folder of models/tiny_llama.py's Llama with this BPE (EOS is token 0); returns the model."""
     from transformers import LlamaForCausalLM
 
     from portable_ep.models.tiny_llama import build_tiny_llama as build
 
-    build(folder, tokenizer=hf_tokenizer())
+    build(folder, tokenizer=hf_tokenizer(add_bos))
     return LlamaForCausalLM.from_pretrained(folder).eval()
 
 

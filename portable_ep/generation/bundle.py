@@ -7,6 +7,7 @@ from typing import Callable, Optional
 from portable_ep.backends.bundle_paths import confined_path
 from portable_ep.generation.decoder import Decoder
 from portable_ep.generation.engine import EngineLimits, GenerationEngine
+from portable_ep.generation.grammar import GrammarCompiler, tokenizer_json_text
 from portable_ep.generation.tokenizer import BundleTokenizer
 
 #: Context for a manifest that does not give one (optimum's decoders of older exports).
@@ -33,7 +34,8 @@ def tokenizer_file(root: Path, manifest: Optional[dict]) -> Path:
 
 
 def bundle_tokenizer(root: Path, manifest: Optional[dict]) -> BundleTokenizer:
-    return BundleTokenizer(tokenizer_file(Path(root), manifest))
+    """The bundle's tokenizer (confined to the bundle), with its BOS token id (for the rule against a second BOS)."""
+    return BundleTokenizer(tokenizer_file(Path(root), manifest), decoder_info(manifest).get("bos_token_id"))
 
 
 def context_length(manifest: Optional[dict]) -> int:
@@ -49,7 +51,11 @@ def bundle_engine(session, root: Path, manifest: dict, kv_budget_bytes: int, max
     if max_context:
         context = min(context, max_context)
     info = decoder_info(manifest)
-    return GenerationEngine(bundle_decoder(session, manifest), bundle_tokenizer(root, manifest),
-                            info.get("eos_token_ids") or [],
+    tokenizer = bundle_tokenizer(root, manifest)
+    eos_ids = info.get("eos_token_ids") or []
+    vocab_size = int(info.get("vocab_size") or tokenizer.vocab_size)
+    # Structured output's matchers read the same tokenizer.json (the library is imported on first use).
+    grammars = GrammarCompiler(tokenizer_json_text(tokenizer.file), vocab_size, eos_ids)
+    return GenerationEngine(bundle_decoder(session, manifest), tokenizer, eos_ids,
                             EngineLimits(context, kv_budget_bytes, max_batch, **request_limits), log=log,
-                            vocab_size=info.get("vocab_size"))
+                            vocab_size=vocab_size, grammars=grammars)

@@ -10,7 +10,7 @@ import json
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -29,9 +29,15 @@ class StreamResult:
     responses: int = 0
 
 
+#: vLLM's optional BOOL inputs, each asking for one more output on every response.
+RETURN_INPUTS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
+                 "return_cumulative_logprob", "return_logprobs")
+
+
 def generation_inputs(module, prompt: str, stream: bool, sampling: Optional[dict] = None,
-                      exclude_input_in_output: Optional[bool] = None) -> list:
-    """vLLM-style inputs for tritonclient's ``grpc`` or ``http`` module."""
+                      exclude_input_in_output: Optional[bool] = None, returns: Sequence[str] = ()) -> list:
+    """vLLM-style inputs for tritonclient's ``grpc`` or ``http`` module; ``returns``: names from
+    :data:`RETURN_INPUTS` to set true (``finish_reason``, token counts, log-probabilities)."""
     inputs = [module.InferInput("text_input", [1], "BYTES"), module.InferInput("stream", [1], "BOOL")]
     inputs[0].set_data_from_numpy(np.array([prompt.encode("utf-8")], dtype=np.object_))
     inputs[1].set_data_from_numpy(np.array([stream], dtype=bool))
@@ -42,6 +48,12 @@ def generation_inputs(module, prompt: str, stream: bool, sampling: Optional[dict
     if exclude_input_in_output is not None:
         tensor = module.InferInput("exclude_input_in_output", [1], "BOOL")
         tensor.set_data_from_numpy(np.array([exclude_input_in_output], dtype=bool))
+        inputs.append(tensor)
+    for name in returns:
+        if name not in RETURN_INPUTS:
+            raise ValueError(f"{name} is not one of vLLM's optional inputs ({', '.join(RETURN_INPUTS)})")
+        tensor = module.InferInput(name, [1], "BOOL")
+        tensor.set_data_from_numpy(np.array([True]))
         inputs.append(tensor)
     return inputs
 

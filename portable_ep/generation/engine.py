@@ -59,6 +59,11 @@ class RequestRefused(ValueError):
     """This request cannot be served as asked; the message names the limit and the fix."""
 
 
+class Overloaded(RequestRefused):
+    """The request is fine but the model has no room for it now (the KV cache is full, the model is
+    unloading): retrying later can succeed, unlike the other refusals."""
+
+
 @dataclass(frozen=True)
 class EngineLimits:
     """What one request may ask of a model; ``0`` turns a request limit off.
@@ -126,6 +131,11 @@ class Output:
     token_ids: List[int]
     finish_reason: Optional[str] = None  # "stop", "length", "cancelled", or None while running
     error: Optional[str] = None
+    #: Sum of the generated tokens' log-probabilities so far (when the request asked for logprobs).
+    cumulative_logprob: float = 0.0
+    #: Per token of ``token_ids`` (when ``logprobs`` was asked): {token id: (logprob, rank)} of the
+    #: sampled token and the top alternatives, vLLM's shape.
+    logprobs: Optional[List[dict]] = None
 
 
 @dataclass
@@ -136,12 +146,18 @@ class GenerationRequest:
     on_output: Callable[[Output], None]
     is_cancelled: Callable[[], bool] = lambda: False
     submitted: float = field(default_factory=time.perf_counter)
+    #: Compute each token's log-probability (``return_cumulative_logprob``); ``params.logprobs`` implies it.
+    want_logprob: bool = False
 
 
 class _Sequence:
     def __init__(self, request: GenerationRequest, tokenizer: BundleTokenizer, reserved: int, max_new: int,
-                 early_banned: np.ndarray):
+                 early_banned: np.ndarray, grammar=None):
         self.request = request
+        self.grammar = grammar  # a GrammarMatcher for structured output, else None (no cost)
+        self.want_logprob = request.want_logprob or request.params.logprobs is not None
+        self.cumulative_logprob = 0.0
+        self.pending_logprobs: List[dict] = []
         self.params = request.params
         self.sampler = Sampler(request.params)
         self.detok = IncrementalDetokenizer(tokenizer, request.params.skip_special_tokens)
@@ -159,7 +175,8 @@ class _Sequence:
 
 class GenerationEngine:
     def __init__(self, decoder: Decoder, tokenizer: BundleTokenizer, eos_ids: Sequence[int], limits: EngineLimits,
-                 log: Callable[[str], None] = lambda message: None, vocab_size: Optional[int] = None):
+                 log: Callable[[str], None] = lambda message: None, vocab_size: Optional[int] = None,
+                 grammars=None):
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.eos_ids = tuple(int(i) for i in eos_ids)
@@ -167,6 +184,8 @@ class GenerationEngine:
         #: Logit rows a sampler chooses from (the model's vocabulary; the tokenizer's when the bundle does not say).
         self.vocab_size = int(vocab_size or tokenizer.vocab_size)
         self.log = log
+        #: Builds structured-output matchers (``grammar.GrammarCompiler``); None: guided_* is refused.
+        self.grammars = grammars
         self.bytes_per_token = decoder.layout.bytes_per_token()
         self._lock = threading.Condition()
         self._waiting: List[_Sequence] = []
@@ -216,11 +235,11 @@ class GenerationEngine:
         max_new = min(request.params.max_tokens, context - prompt)
         need = (prompt + max_new) * self.bytes_per_token
         budget = self.limits.kv_budget_bytes
-        # Built outside the lock, which the loop takes every step.
-        sequence = _Sequence(request, self.tokenizer, need, max_new, banned)
+        # Built outside the lock, which the loop takes every step (a grammar compiles here, on the caller's thread).
+        sequence = _Sequence(request, self.tokenizer, need, max_new, banned, self.grammar_matcher(request.params))
         with self._lock:
             if self._stopping:
-                raise RequestRefused("the model is being unloaded; retry once it is loaded again")
+                raise Overloaded("the model is being unloaded; retry once it is loaded again")
             if need > budget:
                 raise RequestRefused(
                     f"this request needs {need / MIB:.1f} MiB of KV cache ({prompt} prompt + {max_new} new tokens) "
@@ -228,13 +247,22 @@ class GenerationEngine:
                     "generation.kv_cache_mb")
             if self._reserved + need > budget:
                 running = len(self._active) + len(self._waiting)
-                raise RequestRefused(
+                raise Overloaded(
                     f"KV cache full: this request needs {need / MIB:.1f} MiB and {running} running requests hold "
                     f"{self._reserved / MIB:.1f} of {budget / MIB:.0f} MiB; retry later, lower max_tokens, or raise "
                     "generation.kv_cache_mb")
             self._reserved += need
             self._waiting.append(sequence)
             self._lock.notify()
+
+    def grammar_matcher(self, params: SamplingParams):
+        """The request's structured-output matcher (None without guided_*); SamplingError names a bad grammar."""
+        if params.guided is None:
+            return None
+        if self.grammars is None:
+            raise RequestRefused(f"{params.guided[0]}: this model serves no structured output "
+                                 "(its tokenizer could not be read by the grammar library)")
+        return self.grammars.matcher(params)
 
     @property
     def reserved_bytes(self) -> int:
@@ -352,11 +380,17 @@ class GenerationEngine:
         params = seq.params
         early = len(seq.generated) < params.min_tokens
         banned = seq.early_banned if early else ()
+        raw = logits
+        if seq.grammar is not None:
+            logits = seq.grammar.mask(logits)
         token = seq.sampler(logits, seq.request.prompt_ids, banned, seq.generated)
         seq.generated.append(token)
         self.tokens += 1
+        if seq.want_logprob:
+            self._record_logprob(seq, raw, token)
         if not params.ignore_eos and token in self.eos_ids or token in seq.stop_ids:
             seq.finish = "stop"
+            seq.pending_ids.append(token)  # counted as output (vLLM counts the end-of-sequence token), never shown
             before = len(seq.text)
             seq.text += seq.detok.flush()  # a character held back for its last bytes
             self._apply_stop_strings(seq, before)
@@ -365,13 +399,36 @@ class GenerationEngine:
         seq.pending_ids.append(token)
         before = len(seq.text)
         seq.text += seq.detok.add(token)
-        if len(seq.generated) >= seq.max_new:
+        complete = False
+        if seq.grammar is not None:
+            seq.grammar.take(token)
+            complete = seq.grammar.complete  # nothing may follow but the end: stop now, not a step later
+        if len(seq.generated) >= seq.max_new or complete:
             seq.text += seq.detok.flush()
-        if self._apply_stop_strings(seq, before):
+        if self._apply_stop_strings(seq, before) or complete:
             seq.finish = "stop"
         elif len(seq.generated) >= seq.max_new:
             seq.finish = "length"
         self._emit(seq, final=seq.finish is not None)
+
+    @staticmethod
+    def _record_logprob(seq: _Sequence, logits: np.ndarray, token: int) -> None:
+        """The token's log-probability under the model's own distribution (the raw logits, before
+        penalties, temperature and grammar: vLLM's default), and the top alternatives when asked."""
+        row = np.asarray(logits, np.float64)
+        top = row.max()
+        log_probs = row - (top + np.log(np.exp(row - top).sum()))
+        value = float(log_probs[token])
+        seq.cumulative_logprob += value
+        wanted = seq.params.logprobs
+        if wanted is None:
+            return
+        entry = {int(token): (value, int((log_probs > value).sum()) + 1)}
+        if wanted:
+            best = np.argpartition(-log_probs, wanted - 1)[:wanted] if wanted < len(log_probs) else np.arange(len(log_probs))
+            for rank, i in enumerate(best[np.argsort(-log_probs[best])], start=1):
+                entry.setdefault(int(i), (float(log_probs[i]), rank))
+        seq.pending_logprobs.append(entry)
 
     def _apply_stop_strings(self, seq: _Sequence, before: int) -> bool:
         """Cut the text at the first stop string; ``before``: its length before the newest piece."""
@@ -393,7 +450,9 @@ class GenerationEngine:
             return
         delta, seq.emitted = seq.text[seq.emitted:end], max(seq.emitted, end)
         ids, seq.pending_ids = seq.pending_ids, []
-        output = Output(delta, ids, seq.finish if final else None)
+        logprobs, seq.pending_logprobs = (seq.pending_logprobs, []) if seq.params.logprobs is not None else (None, [])
+        output = Output(delta, ids, seq.finish if final else None, cumulative_logprob=seq.cumulative_logprob,
+                        logprobs=logprobs)
         self._deliver(seq, output)
         if final:
             self._release(seq)

@@ -20,10 +20,20 @@ class SamplingError(ValueError):
 
 
 # Accepted for compatibility with vLLM clients, meaningful only at their defaults here.
-_ONLY_DEFAULT = {"n": 1, "best_of": 1, "logprobs": None, "prompt_logprobs": None, "use_beam_search": False}
+_ONLY_DEFAULT = {"n": 1, "best_of": 1, "prompt_logprobs": None, "use_beam_search": False}
 # Keys Triton clients send beside the sampling parameters (read elsewhere or by Triton).
 _NOT_SAMPLING = {"stream", "exclude_input_in_output", "return_finish_reason", "return_num_output_tokens",
-                 "return_num_input_tokens", "text_input"}
+                 "return_num_input_tokens", "return_cumulative_logprob", "return_logprobs", "text_input"}
+#: Most alternatives ``logprobs`` may ask for per token (OpenAI's top_logprobs limit; vLLM's default max is 20).
+MAX_LOGPROBS = 20
+#: vLLM's structured-output names; at most one per request (``portable_ep.generation.grammar``).
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_json_object")
+# Names Triton's own OpenAI frontend forwards in vLLM mode (it passes the OpenAI request's fields through):
+# OpenAI's newer max_completion_tokens and top_logprobs, and vLLM's guided_decoding object (tool calls).
+_ALIASES = {"max_completion_tokens", "top_logprobs", "guided_decoding"}
+#: guided_decoding's keys → the guided_* parameter each one is.
+_GUIDED_DECODING = {"json": "guided_json", "regex": "guided_regex", "choice": "guided_choice",
+                    "json_object": "guided_json_object"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,23 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    #: Top alternatives to report per generated token (None: no logprobs; 0: the sampled token's only).
+    logprobs: Optional[int] = None
+    # Structured output (vLLM's names): a JSON schema (kept as JSON text), a regex, a list of
+    # choices, or any JSON object. The engine masks the logits with a grammar built from it.
+    guided_json: Optional[str] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[List[str]] = None
+    guided_json_object: bool = False
+
+    @property
+    def guided(self) -> Optional[tuple]:
+        """(vLLM name, value) of the request's structured-output constraint, or None."""
+        for name in GUIDED:
+            value = getattr(self, name)
+            if value not in (None, False):
+                return name, value
+        return None
 
     @property
     def greedy(self) -> bool:
@@ -55,7 +82,7 @@ class SamplingParams:
         values: dict = {}
         known = {f.name for f in fields(cls)}
         for key, value in (parameters or {}).items():
-            if key in known or key in _ONLY_DEFAULT:
+            if key in known or key in _ONLY_DEFAULT or key in _ALIASES:
                 values[key] = value
         if sampling_json:
             try:
@@ -64,7 +91,7 @@ class SamplingParams:
                 raise SamplingError(f"sampling_parameters is not JSON ({exc.msg} at position {exc.pos})") from None
             if not isinstance(given, dict):
                 raise SamplingError("sampling_parameters must be a JSON object, e.g. {\"max_tokens\": 64, \"temperature\": 0}")
-            unknown = sorted(set(given) - known - set(_ONLY_DEFAULT) - _NOT_SAMPLING)
+            unknown = sorted(set(given) - known - set(_ONLY_DEFAULT) - _NOT_SAMPLING - _ALIASES)
             if unknown:
                 raise SamplingError(f"unknown sampling parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
             values.update({k: v for k, v in given.items() if k not in _NOT_SAMPLING})
@@ -72,6 +99,7 @@ class SamplingParams:
 
     @classmethod
     def build(cls, values: Mapping[str, Any]) -> "SamplingParams":
+        values = _resolve_aliases(values)
         for key, default in _ONLY_DEFAULT.items():
             value = values.get(key)
             if isinstance(value, str) and isinstance(default, bool):
@@ -79,11 +107,12 @@ class SamplingParams:
             elif isinstance(value, str) and isinstance(default, int) and value.strip().isdigit():
                 value = int(value)
             if key in values and value not in (default, None):
-                raise SamplingError(f"{key}={values[key]!r} is not supported (one sequence per request, no logprobs)")
+                raise SamplingError(f"{key}={values[key]!r} is not supported (one sequence per request, no prompt logprobs)")
         kwargs = {}
         for f in fields(cls):
             if f.name in values and values[f.name] is not None:
-                kwargs[f.name] = convert_value(f.name, values[f.name], f.type)
+                kind = "json-schema" if f.name == "guided_json" else f.type
+                kwargs[f.name] = convert_value(f.name, values[f.name], kind)
         params = cls(**kwargs)
         params.validate()
         return params
@@ -102,6 +131,12 @@ class SamplingParams:
             (all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids (>= 0)"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be a string or a list of non-empty strings"),
             (self.seed is None or self.seed >= 0, "seed must be >= 0"),
+            (self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+             f"logprobs must be between 0 and {MAX_LOGPROBS} (alternatives per token)"),
+            (sum(getattr(self, name) not in (None, False) for name in GUIDED) <= 1,
+             "give at most one of " + ", ".join(GUIDED)),
+            (self.guided_regex is None or self.guided_regex != "", "guided_regex must be a non-empty regular expression"),
+            (self.guided_choice is None or len(self.guided_choice) > 0, "guided_choice must list at least one string"),
         ]
         for ok, message in checks:
             if not ok:
@@ -138,6 +173,16 @@ def convert_value(name: str, value: Any, kind: str):
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
             raise ValueError
+        if kind == "Optional[str]":
+            if isinstance(value, str):
+                return value
+            raise ValueError
+        if kind == "Optional[List[str]]":
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise ValueError
+        if kind == "json-schema":
+            return _schema_text(name, value)
         if kind == "List[int]":
             if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 return list(value)
@@ -145,8 +190,52 @@ def convert_value(name: str, value: Any, kind: str):
     except (TypeError, ValueError):
         pass
     wanted = {"int": "an integer", "float": "a number", "Optional[int]": "an integer", "bool": "true or false",
-              "List[str]": "a string or a list of strings", "List[int]": "a list of integers"}[kind]
+              "List[str]": "a string or a list of strings", "List[int]": "a list of integers",
+              "Optional[str]": "a string", "Optional[List[str]]": "a list of strings",
+              "json-schema": "a JSON schema (an object, or a string holding one)"}[kind]
     raise SamplingError(f"sampling parameter {name}={value!r} must be {wanted}")
+
+
+def _resolve_aliases(given: Mapping[str, Any]) -> dict:
+    """Other clients' names for the same parameters, as vLLM's own names.
+
+    OpenAI's chat request has ``logprobs`` as a flag (false: none; true: with ``top_logprobs``
+    alternatives) where vLLM has a count, and ``max_completion_tokens`` for ``max_tokens``;
+    vLLM's ``guided_decoding`` object holds what the ``guided_*`` parameters say.
+    """
+    values = dict(given)
+    if isinstance(values.get("logprobs"), bool):
+        values["logprobs"] = values.get("top_logprobs") or 0 if values["logprobs"] else None
+    top = values.pop("top_logprobs", None)
+    if top is not None and values.get("logprobs") is None:
+        raise SamplingError("top_logprobs needs logprobs: true")
+    completion = values.pop("max_completion_tokens", None)
+    if completion is not None and values.get("max_tokens") is None:
+        values["max_tokens"] = completion
+    guided = values.pop("guided_decoding", None)
+    if guided is not None:
+        if not isinstance(guided, dict):
+            raise SamplingError("sampling parameter guided_decoding must be an object, e.g. {\"json\": {...}}")
+        for key, value in guided.items():
+            if value in (None, False):
+                continue
+            if key not in _GUIDED_DECODING:
+                raise SamplingError(f"guided_decoding.{key} is not supported; use one of "
+                                    + ", ".join(_GUIDED_DECODING))
+            values[_GUIDED_DECODING[key]] = value
+    return values
+
+
+def _schema_text(name: str, value: Any) -> str:
+    """A JSON schema as compact JSON text; given as an object or as JSON text (OpenAI clients send either)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError from None
+    if not isinstance(value, dict):
+        raise ValueError
+    return json.dumps(value, separators=(",", ":"))
 
 
 class Sampler:

@@ -6,7 +6,7 @@ with vLLM's Triton backend, whose ``text_input`` is the prompt as the model sees
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 INSTALL_HINT = "pip install 'portable-ep[llm]'"
 
@@ -15,8 +15,22 @@ class TokenizerMissing(RuntimeError):
     pass
 
 
+def drop_repeated_bos(ids: List[int], text: str, bos_id: Optional[int], bos_text: Optional[str]) -> List[int]:
+    """llama.cpp's rule: a text that already begins with the BOS token gets no second one.
+
+    A client (or a frontend) that renders the chat template puts the template's BOS in the
+    text, and the tokenizer's post-processor adds its own in front: ``[1, 1, ...]``, a prompt
+    the model never saw in training, whose answer drifts from the real one within a few
+    tokens. transformers' ``apply_chat_template`` tokenizes without special tokens for the
+    same reason.
+    """
+    if bos_id is None or not bos_text or len(ids) < 2 or ids[0] != bos_id or ids[1] != bos_id:
+        return ids
+    return ids[1:] if text.startswith(bos_text) else ids
+
+
 class BundleTokenizer:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, bos_token_id: Optional[int] = None):
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -27,6 +41,9 @@ class BundleTokenizer:
         if not file.is_file():
             raise TokenizerMissing(f"{file} is missing: a generative bundle needs its tokenizer (re-export the model)")
         self._tokenizer = Tokenizer.from_file(str(file))
+        self.file = file
+        self.bos_token_id = None if bos_token_id is None else int(bos_token_id)
+        self.bos_text = self._tokenizer.id_to_token(self.bos_token_id) if self.bos_token_id is not None else None
 
     def encode(self, text: str) -> List[int]:
         # As vLLM does: the tokenizer's own post-processor adds BOS where the model wants
@@ -34,7 +51,8 @@ class BundleTokenizer:
         # encode_batch, not encode: the same ids, but it lets go of the GIL while it works
         # (encode holds it: a 2 MiB prompt froze every other Python thread of the stub,
         # the generation loop included, for the 1.4 s it took to tokenize).
-        return self._tokenizer.encode_batch([text])[0].ids
+        ids = self._tokenizer.encode_batch([text])[0].ids
+        return drop_repeated_bos(ids, text, self.bos_token_id, self.bos_text)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -16,7 +16,7 @@ import pytest
 from portable_ep.backends import LoadRequest, find_model_artifacts
 from portable_ep.backends.registry import default_registry
 from portable_ep.generation.decoder import Decoder, DecodeBatch, NotADecoder
-from portable_ep.generation.engine import EngineLimits, GenerationEngine, GenerationRequest, RequestRefused
+from portable_ep.generation.engine import EngineLimits, GenerationEngine, GenerationRequest, Overloaded, RequestRefused
 from portable_ep.generation.sampling import Sampler, SamplingError, SamplingParams
 from portable_ep.generation.tokenizer import BundleTokenizer, IncrementalDetokenizer
 
@@ -173,10 +173,12 @@ def test_limits_refuse_with_the_numbers(tiny):
         engine.submit(GenerationRequest([], SamplingParams(), lambda o: None))
     small = _engine(folder, kv_budget_bytes=per_token * 40)
     small.submit(GenerationRequest(tokenizer.encode("hello"), SamplingParams(max_tokens=30), lambda o: None))
-    with pytest.raises(RequestRefused, match="KV cache full.*1 running requests.*generation.kv_cache_mb"):
+    with pytest.raises(Overloaded, match="KV cache full.*1 running requests.*generation.kv_cache_mb"):
         small.submit(GenerationRequest(tokenizer.encode("hello"), SamplingParams(max_tokens=30), lambda o: None))
-    with pytest.raises(RequestRefused, match="lower max_tokens or raise"):
+    # larger than the whole budget: the request's own fault (INVALID_ARGUMENT), not a full cache (UNAVAILABLE)
+    with pytest.raises(RequestRefused, match="lower max_tokens or raise") as refused:
         small.submit(GenerationRequest(tokenizer.encode("hello"), SamplingParams(max_tokens=100), lambda o: None))
+    assert not isinstance(refused.value, Overloaded)
 
 
 def test_a_failed_pass_ends_its_sequences_and_the_engine_serves_on(tiny, references):

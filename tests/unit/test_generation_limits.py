@@ -192,9 +192,14 @@ def test_sizes_are_checked_before_the_prompt_is_decoded_and_the_json_parsed():
         parse_request(_Request({"text_input": b"hi", "sampling_parameters": broken.encode()}), _Pb, limits)
     with pytest.raises(RequestRefused, match="bytes of JSON"):  # request parameters count too
         parse_request(_Request({"text_input": b"hi"}, json.dumps({"stop": "x" * limits.parameter_bytes})), _Pb, limits)
-    text, stream, exclude, params = parse_request(
+    parsed = parse_request(
         _Request({"text_input": "naïve".encode(), "sampling_parameters": b'{"stop": ["a", "b"], "min_tokens": 1}'}), _Pb, limits)
-    assert (text, params.stop, params.min_tokens) == ("naïve", ["a", "b"], 1)
+    assert (parsed.prompt, parsed.params.stop, parsed.params.min_tokens) == ("naïve", ["a", "b"], 1)
+    assert parsed.extra_outputs == frozenset()
+    # vLLM's optional outputs: asked for with their BOOL inputs (or request parameters), named by output
+    parsed = parse_request(_Request({"text_input": b"hi", "return_finish_reason": True, "return_num_output_tokens": False},
+                                    json.dumps({"return_logprobs": "true"})), _Pb, limits)
+    assert parsed.extra_outputs == {"finish_reason", "logprobs"}
 
 
 def test_limit_parameters_that_cannot_be_understood_fail_the_load_naming_them(tmp_path):

@@ -134,6 +134,16 @@ def test_prompts_use_smollm2_chat_template_and_the_servers_encoding(bundle, gold
     # The chat template travels in tokenizer_config.json for clients that render prompts themselves.
     config = json.loads((bundle / "tokenizer" / "tokenizer_config.json").read_text())
     assert "<|im_start|>" in config["chat_template"]
+    # ... and the files say what the tokenizer is: the GGUF's BOS/EOS (not EOS <|im_start|>), the class of a
+    # ByteLevel tokenizer.json (not LlamaTokenizer), one BOS in front of a rendered template (the template's)
+    assert (config["bos_token"], config["eos_token"]) == ("<|im_start|>", "<|im_end|>")
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert all(prompt["prompt_ids"][:2] != [1, 1] for prompt in golden["prompts"])
+
+
+def test_the_end_of_turn_token_is_a_stop_token(manifest):
+    info = manifest["decoder"]
+    assert info["eot_token_id"] == 2 and 2 in info["eos_token_ids"] and 1 not in info["eos_token_ids"]
 
 
 def test_int8_and_int4_onnx_are_matmulnbits_with_the_output_projection_at_8_bits(bundle, manifest):
