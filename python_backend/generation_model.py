@@ -94,7 +94,7 @@ def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0,
     max_batch = _number_parameter(config, "generation.max_batch", DEFAULT_MAX_BATCH, int, lambda n: n >= 1,
                                   "an integer >= 1")
     max_context = _number_parameter(config, "generation.max_context", None, int, lambda n: n >= 2, "an integer >= 2")
-    resolved = resolve_session(config, version_dir, device_id, registry)
+    resolved = resolve_session(config, version_dir, device_id, registry, match_config=False)
     session = resolved.resolution.session
     try:
         engine = bundle_engine(session, resolved.artifacts.root, resolved.artifacts.manifest, int(kv_mb * (1 << 20)),
