@@ -129,8 +129,14 @@ class OnnxRuntimeSession(Session):
         self.outputs = _tensor_infos(self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
         self._string_inputs = {t.name for t in self.inputs if t.dtype == np.dtype(np.object_)}
-        # bfloat16 I/O goes through OrtValues: ONNX Runtime's numpy bridge knows no bfloat16.
-        self._bfloat16 = any(is_bfloat16(t.dtype) for t in (*self.inputs, *self.outputs))
+        # bfloat16 I/O goes through OrtValues: ONNX Runtime's numpy bridge knows no bfloat16. run()
+        # takes OrtValue feeds beside arrays, but only run_with_ort_values returns bfloat16, and
+        # that one takes no string inputs (OrtValues are never made from string arrays).
+        self._bfloat16_inputs = {t.name for t in self.inputs if is_bfloat16(t.dtype)}
+        self._bfloat16_outputs = any(is_bfloat16(t.dtype) for t in self.outputs)
+        if self._bfloat16_outputs and self._string_inputs:
+            raise ProviderUnavailable("ONNX Runtime's Python API returns bfloat16 outputs only from calls without "
+                                      "string inputs, and this model has both; serve it with another provider")
         self._ort = ort
         self.active_providers = tuple(self._session.get_providers())
         self.description = f"ONNX Runtime {ort.__version__} {self.active_providers[0]} on {device}, {precision}"
@@ -139,15 +145,16 @@ class OnnxRuntimeSession(Session):
         feeds = dict(feeds)
         for name in self._string_inputs & feeds.keys():
             feeds[name] = strings_as_text(name, feeds[name])
-        if self._bfloat16:
+        for name in self._bfloat16_inputs & feeds.keys():
+            feeds[name] = _bfloat16_value(self._ort, feeds[name])
+        if self._bfloat16_outputs:
             return self._run_with_values(feeds)
         results = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))
 
-    def _run_with_values(self, feeds: Mapping[str, np.ndarray]) -> dict:
-        ort = self._ort
-        values = {name: (_bfloat16_value(ort, array) if is_bfloat16(array.dtype) else ort.OrtValue.ortvalue_from_numpy(array))
-                  for name, array in feeds.items()}
+    def _run_with_values(self, feeds: Mapping[str, object]) -> dict:
+        values = {name: value if isinstance(value, self._ort.OrtValue) else self._ort.OrtValue.ortvalue_from_numpy(value)
+                  for name, value in feeds.items()}
         results = self._session.run_with_ort_values(self._output_names, values)
         return {name: (_bfloat16_array(value) if value.data_type() == "tensor(bfloat16)" else value.numpy())
                 for name, value in zip(self._output_names, results)}

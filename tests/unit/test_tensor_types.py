@@ -180,3 +180,25 @@ def test_repo_add_refuses_a_type_triton_cannot_carry_by_name():
     with pytest.raises(ExportError, match=r"model 'cast' cannot be served: output 'q' has element type float8_e4m3fn, "
                                           r"which Triton cannot carry .*cast it to one of those inside the model"):
         _single_pass_config("cast", manifest, RepoOptions(), None)
+
+
+def test_bf16_beside_strings_runs_where_onnx_runtime_can_and_is_refused_by_name_where_it_cannot(tmp_path):
+    def model(folder, bf16_output: bool):
+        cast_to = TensorProto.BFLOAT16 if bf16_output else TensorProto.FLOAT
+        graph = helper.make_graph(
+            [helper.make_node("Cast", ["x"], ["y"], to=cast_to), helper.make_node("StringConcat", ["s", "s"], ["t"])], "mixed",
+            [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2]), helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
+            [helper.make_tensor_value_info("y", cast_to, [2]), helper.make_tensor_value_info("t", TensorProto.STRING, [2])])
+        folder.mkdir()
+        _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), folder / "model.onnx")
+        inputs = [TensorDecl("x", BF16, (2,)), TensorDecl("s", np.dtype(object), (2,))]
+        outputs = [TensorDecl("y", BF16 if bf16_output else np.dtype(np.float32), (2,)), TensorDecl("t", np.dtype(object), (2,))]
+        return _serving_config("mixed", inputs, outputs, "cpu"), folder
+
+    loaded = load_model(*model(tmp_path / "float_out", bf16_output=False))
+    out = loaded.resolution.session.run({"x": np.array([1.5, -2.0]).astype(BF16), "s": np.array([b"ab", "\u00e9"], dtype=object)})
+    assert out["y"].tolist() == [1.5, -2.0] and out["t"].tolist() == ["abab", "\u00e9\u00e9"]
+    loaded.resolution.session.close()
+    with pytest.raises(NoProviderAvailable, match="cpu: ONNX Runtime's Python API returns bfloat16 outputs only from calls "
+                                                  "without string inputs"):
+        load_model(*model(tmp_path / "bf16_out", bf16_output=True))
