@@ -6,7 +6,7 @@ rank 0, zero-size dims, rank >= 5, and types Triton cannot carry) is written as 
 ``build_model_config`` (max_batch_size 0: shapes are served as they are), once per
 provider (``<case>__cpu`` with ``providers: cpu``, ``<case>__openvino``). The server runs
 with explicit model control and loads the models a few at a time, so only a handful of
-python stubs live at once. Every answer is compared with the case's expected outputs:
+python stubs live at once. Each model is asked over HTTP and gRPC; every answer is compared with the case's expected outputs:
 exact for integers, bools and strings, the case's tolerances for floats. A provider that
 cannot take a model must refuse it at load with a one-line reason naming itself; a
 type Triton cannot carry is refused when config.pbtxt is written. A summary table per
@@ -128,29 +128,36 @@ def _load(server, name: str):
         client.close()
 
 
-def _serve_wave(server, client, wave, outcomes):
+def _serve_wave(server, clients, wave, outcomes):
+    """Load a wave of models, ask each over HTTP and gRPC (the worse verdict counts), unload them."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         errors = list(pool.map(lambda item: _load(server, item[0]), wave))
+    order = (EXACT, WITHIN_TOLERANCE, WRONG, FAILED)
     for (name, (case, provider)), error in zip(wave, errors):
         if error is not None:
             outcomes.append(Outcome(case, provider, REFUSED, error))
             continue
-        try:
-            metadata = client.get_model_metadata(name)
-            input_names = [entry["name"] for entry in metadata["inputs"]]
-            output_names = [entry["name"] for entry in metadata["outputs"]]
-            result = client.infer(name, make_inputs("http", dict(zip(input_names, case.inputs))))
-            got = {out: result.as_numpy(out) for out in output_names}
-            verdict, detail = _judge(case, got, output_names)
-            outcomes.append(Outcome(case, provider, verdict, detail))
-        except Exception as exc:  # noqa: BLE001 - a request that fails at a runtime is a failure of the test
-            outcomes.append(Outcome(case, provider, FAILED, str(exc).splitlines()[0][:300]))
-        finally:
-            client.unload_model(name)
+        verdicts = []
+        for protocol, client in clients.items():
+            try:
+                metadata = client.get_model_metadata(name)
+                metadata = metadata if protocol == "http" else {"inputs": [{"name": i.name} for i in metadata.inputs],
+                                                                 "outputs": [{"name": o.name} for o in metadata.outputs]}
+                input_names = [entry["name"] for entry in metadata["inputs"]]
+                output_names = [entry["name"] for entry in metadata["outputs"]]
+                result = client.infer(name, make_inputs(protocol, dict(zip(input_names, case.inputs))))
+                verdict, detail = _judge(case, {out: result.as_numpy(out) for out in output_names}, output_names)
+            except Exception as exc:  # noqa: BLE001 - a request that fails at a runtime is a failure of the test
+                verdict, detail = FAILED, str(exc).splitlines()[0][:300]
+            verdicts.append((verdict, f"{protocol}: {detail}" if detail else ""))
+        verdict, detail = max(verdicts, key=lambda v: order.index(v[0]))
+        outcomes.append(Outcome(case, provider, verdict, detail))
+        clients["http"].unload_model(name)
 
 
 @pytest.fixture(scope="module")
 def conformance(tmp_path_factory, installed_backend_dir):
+    import tritonclient.grpc as grpc
     import tritonclient.http as http
 
     cases = load_cases()
@@ -159,12 +166,14 @@ def conformance(tmp_path_factory, installed_backend_dir):
     outcomes = []
     with TritonServer(root / "models", backend_directory=installed_backend_dir, log_path=root / "tritonserver.log",
                       extra_args=["--model-control-mode=explicit"]) as server:
-        client = http.InferenceServerClient(server.http_url, network_timeout=300.0)
+        clients = {"http": http.InferenceServerClient(server.http_url, network_timeout=300.0),
+                   "grpc": grpc.InferenceServerClient(server.grpc_url)}
         items = list(written.items())
         for start in range(0, len(items), LOAD_WAVE):
-            _serve_wave(server, client, items[start:start + LOAD_WAVE], outcomes)
-        alive = server.process.poll() is None and client.is_server_live()
-        client.close()
+            _serve_wave(server, clients, items[start:start + LOAD_WAVE], outcomes)
+        alive = server.process.poll() is None and clients["http"].is_server_live()
+        for client in clients.values():
+            client.close()
         log = server.log_text()
     _print_summary(cases, outcomes, refused_at_config)
     return cases, outcomes, refused_at_config, alive, log
