@@ -82,6 +82,14 @@ def dtype_named(name: str) -> np.dtype:
         return np.dtype(getattr(ml_dtypes, name))
 
 
+def restore_bfloat16(array: np.ndarray) -> np.ndarray:
+    """An array read back from .npz/.npy with its bfloat16 dtype: numpy stores ``ml_dtypes.bfloat16``
+    as raw 2-byte voids ('V2'), and bfloat16 is the only 2-byte element type without a numpy name."""
+    if array.dtype.kind == "V" and array.dtype.itemsize == 2 and array.dtype.names is None:
+        return array.view(bfloat16())
+    return array
+
+
 def ort_type_to_numpy(type_name: str) -> Optional[np.dtype]:
     """numpy dtype of an ONNX Runtime type string (``tensor(bfloat16)`` included), None for others."""
     if type_name == "tensor(bfloat16)":

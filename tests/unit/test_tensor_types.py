@@ -202,3 +202,15 @@ def test_bf16_beside_strings_runs_where_onnx_runtime_can_and_is_refused_by_name_
     with pytest.raises(NoProviderAvailable, match="cpu: ONNX Runtime's Python API returns bfloat16 outputs only from calls "
                                                   "without string inputs"):
         load_model(*model(tmp_path / "bf16_out", bf16_output=True))
+
+
+def test_bf16_arrays_come_back_from_npz_as_bf16(tmp_path):
+    """numpy stores ml_dtypes.bfloat16 in .npz as 2-byte voids; golden files and calibration files are read back as bf16."""
+    from portable_ep.backends.dtypes import restore_bfloat16
+
+    array = np.array([[1.5, -2.0]]).astype(BF16)
+    np.savez(tmp_path / "golden.npz", y=array, n=np.arange(3, dtype=np.uint16))
+    with np.load(tmp_path / "golden.npz") as data:
+        assert data["y"].dtype == np.dtype("V2")
+        y, n = restore_bfloat16(data["y"]), restore_bfloat16(data["n"])
+    assert y.dtype == BF16 and y.tolist() == [[1.5, -2.0]] and n.dtype == np.uint16
