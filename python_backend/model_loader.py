@@ -197,6 +197,7 @@ def resolve_session(
                            instances=config.instances, allow_unmeasured=unmeasured_ok)
 
     unmeasured_ok = allow_unmeasured(config.parameters)
+
     def accept(name: str, session: Session):
         if match_config:
             check_signature(config, name, session)
