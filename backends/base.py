@@ -43,6 +43,13 @@ class TensorInfo:
     name: str
     dtype: np.dtype
     shape: Tuple[Dim, ...]
+    #: Other names the runtime knows the same tensor by (OpenVINO ports carry several:
+    #: ``input_image`` and an internal alias); config.pbtxt may use any of them.
+    aliases: Tuple[str, ...] = ()
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        return (self.name, *self.aliases)
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,11 @@ def resolve_provider_chain(
             skipped.append(SkippedProvider(name, str(exc)))
             continue
         except Exception as exc:  # a runtime that rejects the model must not end the chain
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            skipped.append(SkippedProvider(name, f"failed to load the model: {type(exc).__name__}: {first_line}"))
+            # The cause, not OpenVINO's first line ("Exception from src/inference/src/cpp/core.cpp:84:").
+            # The runtime-error wording lives with the exporters (imported here only on this path).
+            from portable_ep.exporters.errors import runtime_cause
+
+            skipped.append(SkippedProvider(name, f"failed to load the model: {type(exc).__name__}: {runtime_cause(exc)}"))
             continue
         return ChainResolution(provider=name, session=session, skipped=skipped, note=note)
     raise NoProviderAvailable(skipped)

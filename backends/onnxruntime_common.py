@@ -6,7 +6,7 @@ from typing import List, Mapping, Sequence
 import numpy as np
 
 from portable_ep.backends.base import LoadRequest, ProviderUnavailable, Session, TensorInfo, option_as_int
-from portable_ep.backends.dtypes import ORT_TYPE_TO_NUMPY
+from portable_ep.backends.dtypes import is_bfloat16, ort_type_to_numpy
 
 
 def import_onnxruntime(provider: str, install_hint: str):
@@ -20,9 +20,12 @@ def import_onnxruntime(provider: str, install_hint: str):
 def _tensor_infos(nodes) -> List[TensorInfo]:
     infos = []
     for node in nodes:
-        dtype = ORT_TYPE_TO_NUMPY.get(node.type)
+        try:
+            dtype = ort_type_to_numpy(node.type)
+        except ValueError as exc:  # bfloat16 without ml_dtypes
+            raise ProviderUnavailable(f"model tensor {node.name!r}: {exc}") from None
         if dtype is None:
-            raise ProviderUnavailable(f"model tensor {node.name!r} has type {node.type}, which portable-ep does not serve")
+            raise ProviderUnavailable(f"model tensor {node.name!r} has type {node.type}, which Triton cannot carry")
         infos.append(TensorInfo(node.name, dtype, tuple(node.shape)))
     return infos
 
@@ -95,6 +98,27 @@ def strings_as_text(name: str, array: np.ndarray) -> np.ndarray:
     return text
 
 
+#: onnx.TensorProto.BFLOAT16 (the serving images need not carry the onnx package).
+ONNX_BFLOAT16 = 16
+
+
+def _bfloat16_value(ort, array: np.ndarray):
+    """A bfloat16 array as the OrtValue ONNX Runtime takes (its numpy bridge has no bfloat16: 'Numpy_type 256')."""
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array).view(np.uint16), ONNX_BFLOAT16)
+
+
+def _bfloat16_array(value) -> np.ndarray:
+    """A bfloat16 OrtValue copied out as an ``ml_dtypes.bfloat16`` array (``OrtValue.numpy()`` refuses bfloat16)."""
+    import ctypes
+
+    from portable_ep.backends.dtypes import bfloat16
+
+    shape = tuple(value.shape())
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = ctypes.string_at(value.data_ptr(), 2 * count) if count else b""
+    return np.frombuffer(raw, dtype=np.uint16).reshape(shape).view(bfloat16()).copy()
+
+
 class OnnxRuntimeSession(Session):
     def __init__(self, ort, path, providers: Sequence, options, provider_name: str, precision: str, device: str):
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
@@ -105,6 +129,15 @@ class OnnxRuntimeSession(Session):
         self.outputs = _tensor_infos(self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
         self._string_inputs = {t.name for t in self.inputs if t.dtype == np.dtype(np.object_)}
+        # bfloat16 I/O goes through OrtValues: ONNX Runtime's numpy bridge knows no bfloat16. run()
+        # takes OrtValue feeds beside arrays, but only run_with_ort_values returns bfloat16, and
+        # that one takes no string inputs (OrtValues are never made from string arrays).
+        self._bfloat16_inputs = {t.name for t in self.inputs if is_bfloat16(t.dtype)}
+        self._bfloat16_outputs = any(is_bfloat16(t.dtype) for t in self.outputs)
+        if self._bfloat16_outputs and self._string_inputs:
+            raise ProviderUnavailable("ONNX Runtime's Python API returns bfloat16 outputs only from calls without "
+                                      "string inputs, and this model has both; serve it with another provider")
+        self._ort = ort
         self.active_providers = tuple(self._session.get_providers())
         self.description = f"ONNX Runtime {ort.__version__} {self.active_providers[0]} on {device}, {precision}"
 
@@ -112,8 +145,19 @@ class OnnxRuntimeSession(Session):
         feeds = dict(feeds)
         for name in self._string_inputs & feeds.keys():
             feeds[name] = strings_as_text(name, feeds[name])
+        for name in self._bfloat16_inputs & feeds.keys():
+            feeds[name] = _bfloat16_value(self._ort, feeds[name])
+        if self._bfloat16_outputs:
+            return self._run_with_values(feeds)
         results = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))
+
+    def _run_with_values(self, feeds: Mapping[str, object]) -> dict:
+        values = {name: value if isinstance(value, self._ort.OrtValue) else self._ort.OrtValue.ortvalue_from_numpy(value)
+                  for name, value in feeds.items()}
+        results = self._session.run_with_ort_values(self._output_names, values)
+        return {name: (_bfloat16_array(value) if value.data_type() == "tensor(bfloat16)" else value.numpy())
+                for name, value in zip(self._output_names, results)}
 
     def close(self) -> None:
         self._session = None

@@ -21,6 +21,7 @@ from portable_ep.backends.base import (
     select_variant,
 )
 from portable_ep.backends.cpu_features import detect_cpu_features
+from portable_ep.backends.dtypes import bfloat16, is_bfloat16
 
 INSTALL_HINT = "pip install 'portable-ep[openvino]'"
 
@@ -52,6 +53,41 @@ def _import_openvino():
 
 def _shape_of(partial_shape) -> tuple:
     return tuple(d.get_length() if d.is_static else None for d in partial_shape)
+
+
+def _numpy_dtype(ov, element_type) -> np.dtype:
+    """The numpy dtype of an OpenVINO element type.
+
+    OpenVINO's own ``to_dtype()`` answers float16 for bf16 (its numpy views of bf16 data
+    hold the bits in float16 arrays): bf16 is ``ml_dtypes.bfloat16`` here, as Triton's
+    clients have it. An element type Triton cannot carry keeps OpenVINO's answer, and the
+    config check refuses it by name.
+    """
+    if element_type == ov.Type.bf16:
+        return bfloat16()
+    if element_type == ov.Type.string:
+        return np.dtype(np.object_)
+    try:
+        return np.dtype(element_type.to_dtype())
+    except Exception:  # noqa: BLE001 - u4, f8e4m3, ...: numpy has no such dtype
+        return np.dtype(np.void)
+
+
+def _tensor_info(ov, port) -> TensorInfo:
+    name = port.get_any_name()
+    if port.get_partial_shape().rank.is_dynamic:
+        # config.pbtxt fixes every tensor's rank; a port of any rank cannot be checked against it.
+        raise ProviderUnavailable(f"OpenVINO reads tensor {name!r} with an unknown rank; serve the model with another provider")
+    aliases = tuple(sorted(n for n in port.get_names() if n != name))
+    return TensorInfo(name, _numpy_dtype(ov, port.get_element_type()), _shape_of(port.get_partial_shape()), aliases)
+
+
+def _bfloat16_tensor(ov, array: np.ndarray):
+    """A bfloat16 array as an OpenVINO bf16 Tensor (handing OpenVINO the ml_dtypes array reads it as float16)."""
+    tensor = ov.Tensor(ov.Type.bf16, list(array.shape))
+    if array.size:
+        np.copyto(tensor.data.view(np.uint16), np.ascontiguousarray(array).view(np.uint16))
+    return tensor
 
 
 class RecompilingRequest:
@@ -102,15 +138,21 @@ class OpenVINOSession(Session):
         self.provider = "openvino"
         self.precision = precision
         self.device = "cpu"
-        self.inputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in compiled.inputs]
-        self.outputs = [TensorInfo(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()), _shape_of(p.get_partial_shape())) for p in compiled.outputs]
+        self._ov = ov
+        self.inputs = [_tensor_info(ov, p) for p in compiled.inputs]
+        self.outputs = [_tensor_info(ov, p) for p in compiled.outputs]
         actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.description = f"OpenVINO {ov.get_version().split('-')[0]} on CPU, {precision} (inference precision {actual}), {model_path.name}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
+        # OpenVINO finds a port by any of its names, so feeds may use an alias.
+        feeds = {name: (_bfloat16_tensor(self._ov, array) if is_bfloat16(array.dtype) else array) for name, array in feeds.items()}
         results = self._model.infer(feeds)
-        # infer() copies outputs (share_outputs=False), so they outlive the next call.
-        return {info.name: results[index] for index, info in enumerate(self.outputs)}
+        # infer() copies outputs (share_outputs=False), so they outlive the next call. Outputs
+        # are returned under the session's names of them (which the backend may have set to
+        # the alias config.pbtxt uses); bf16 comes back as bits in a float16 array.
+        return {info.name: (results[index].view(np.uint16).view(info.dtype) if is_bfloat16(info.dtype) else results[index])
+                for index, info in enumerate(self.outputs)}
 
     def close(self) -> None:
         self._model.close()

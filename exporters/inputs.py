@@ -24,6 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from portable_ep.backends.dtypes import restore_bfloat16
 from portable_ep.exporters import synthetic
 from portable_ep.exporters.errors import ExportError
 from portable_ep.exporters.signature import Signature, concrete_shape, symbolic_sizes
@@ -116,7 +117,7 @@ def value_kind(spec, model_shape, *, batched: bool, vocab_sizes: Mapping[str, in
     """What generated values an input gets: image, audio, normal, ones, zeros, text, ids; '' when none fits."""
     if spec.name in hints:
         return hints[spec.name]
-    if spec.dtype.kind == "f":
+    if spec.dtype.kind == "f" or spec.dtype.name == "bfloat16":  # ml_dtypes.bfloat16 is numpy kind "V"
         if synthetic.is_image_shape(model_shape if batched else (1,) + tuple(model_shape)[-3:]):
             return "image"
         if any(word in spec.name.lower() for word in AUDIO_NAMES):
@@ -366,7 +367,7 @@ def load_inputs(path, signature: Signature, vocab_sizes=None, what: str = "calib
         raise ExportError(f"{what} {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
-            feeds = {name: data[name] for name in data.files}
+            feeds = {name: restore_bfloat16(data[name]) for name in data.files}  # bfloat16 is stored as 'V2'
     except (OSError, ValueError) as exc:
         raise ExportError(f"{what} {path} is not a readable .npz of arrays ({exc})") from None
     check_inputs(feeds, signature, f"{what} {path}", vocab_sizes)

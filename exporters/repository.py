@@ -95,12 +95,15 @@ def _single_pass_config(name: str, manifest: dict, options: RepoOptions, notes: 
                                 {s.name: s.dtype for s in signature.inputs}, batched=max_batch > 0)
     ragged = set(plan.input_axes) if plan is not None else set()
     decls = lambda specs: [TensorDecl(s.name, s.dtype, signature.triton_dims(s), s.name in ragged) for s in specs]  # noqa: E731
-    return build_model_config(
-        name, decls(signature.inputs), decls(signature.outputs), max_batch_size=max_batch,
-        dynamic_batching_delay_us=options.dynamic_batching_delay_us if max_batch else None,
-        instances=options.instances, instance_kind=options.instance_kind, providers=options.providers,
-        precision=options.precision, parameters=options.parameters,
-    )
+    try:
+        return build_model_config(
+            name, decls(signature.inputs), decls(signature.outputs), max_batch_size=max_batch,
+            dynamic_batching_delay_us=options.dynamic_batching_delay_us if max_batch else None,
+            instances=options.instances, instance_kind=options.instance_kind, providers=options.providers,
+            precision=options.precision, parameters=options.parameters,
+        )
+    except ValueError as exc:  # an element type Triton has no data type for (float8, int4, ...)
+        raise ExportError(f"model {name!r} cannot be served: {exc}") from None
 
 
 def copy_listed_files(bundle: Path, dest: Path, files: List[str]) -> None:

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from portable_ep.exporters.errors import ExportError
+
 Dim = Union[int, str]
 
 
@@ -30,7 +32,9 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, entry: dict) -> "TensorSpec":
-        return cls(entry["name"], np.dtype(entry["dtype"]), tuple(entry["shape"]))
+        from portable_ep.backends.dtypes import dtype_named
+
+        return cls(entry["name"], dtype_named(entry["dtype"]), tuple(entry["shape"]))
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,17 @@ class Signature:
 UNNAMED_DIMS = ("", "?", "-1", "None")
 
 
+def _not_a_tensor(value, role: str, kind: str) -> str:
+    what = {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional",
+            "sparse_tensor_type": "a sparse tensor"}.get(kind, f"a {kind}")
+    hint = "change the graph to take and give dense tensors"
+    element = value.type.sequence_type.elem_type if kind == "sequence_type" else None
+    if element is not None and element.WhichOneof("value") == "map_type":
+        # skl2onnx classifiers end in ZipMap (a list of {label: probability}) unless told not to.
+        hint = "a ZipMap output: convert the model with skl2onnx's options={'zipmap': False} to get the probabilities as a tensor"
+    return f"{role} {value.name!r} is {what}, which Triton cannot carry (only tensors travel in requests and responses); {hint}"
+
+
 def signature_from_onnx(model) -> Signature:
     """Read the graph's I/O (initializers listed as inputs by old exporters are skipped)."""
     from onnx import helper
@@ -91,6 +106,9 @@ def signature_from_onnx(model) -> Signature:
         for value in values:
             if value.name in initializers:
                 continue
+            kind = value.type.WhichOneof("value")
+            if kind != "tensor_type":
+                raise ExportError(_not_a_tensor(value, "input" if values is model.graph.input else "output", kind))
             tensor_type = value.type.tensor_type
             shape: List[Dim] = []
             for index, dim in enumerate(tensor_type.shape.dim):

@@ -64,7 +64,8 @@ def build_model_config(
     config = pb2.ModelConfig(name=name, backend=BACKEND_NAME, max_batch_size=max_batch_size)
     for decls, field in ((inputs, config.input), (outputs, config.output)):
         for decl in decls:
-            tensor = field.add(name=decl.name, data_type=pb2.DataType.Value(numpy_to_triton_type(decl.dtype)),
+            kind = "input" if field is config.input else "output"
+            tensor = field.add(name=decl.name, data_type=pb2.DataType.Value(numpy_to_triton_type(decl.dtype, f"{kind} {decl.name!r}")),
                                dims=list(decl.dims) or [1])
             if decl.ragged and field is config.input and max_batch_size > 0:
                 tensor.allow_ragged_batch = True

@@ -80,8 +80,9 @@ def validate_request(feeds: Feeds, config: ServingConfig, shared_dims: Mapping[s
             raise RequestError(
                 f"input {spec.name!r} has shape {_shape_text(array.shape)}, expected {_expected_text(spec, config.batched)}"
             )
-        if array.size == 0:
-            raise RequestError(f"input {spec.name!r} is empty (shape {_shape_text(array.shape)}); send at least one element")
+        if config.batched and array.shape[0] == 0:
+            # Zero-size dims are served (a model may take an empty list); an empty batch has no sample to answer for.
+            raise RequestError(f"input {spec.name!r} has a batch of 0 (shape {_shape_text(array.shape)}); send at least one sample")
         if config.batched:
             batch_sizes[spec.name] = array.shape[0]
     for symbol in shared_dims:

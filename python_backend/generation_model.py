@@ -142,7 +142,7 @@ def load_generator(config: ServingConfig, version_dir: Path, device_id: int = 0,
         value = _number_parameter(config, f"generation.{name}", None, int, lambda n: n >= 0, "an integer >= 0 (0: no limit)")
         if value is not None:
             request_limits[name] = value
-    resolved = resolve_session(config, version_dir, device_id, registry)
+    resolved = resolve_session(config, version_dir, device_id, registry, match_config=False)
     session = resolved.resolution.session
     try:
         engine = bundle_engine(session, resolved.artifacts.root, resolved.artifacts.manifest, int(kv_mb * (1 << 20)),

@@ -4,9 +4,11 @@ Pure Python (no ``triton_python_backend_utils``) so it is unit-tested directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 from portable_ep.backends import (
     ChainResolution,
@@ -17,7 +19,7 @@ from portable_ep.backends import (
     resolve_provider_chain,
 )
 from portable_ep.backends.auto_precision import AUTO, choose_auto_precision
-from portable_ep.backends.base import Session
+from portable_ep.backends.base import ProviderUnavailable, Session, TensorInfo
 from portable_ep.backends.registry import default_registry
 from portable_ep.backends.chain import split_provider_options
 from portable_ep.backends.dtypes import short_type_name
@@ -29,25 +31,33 @@ from portable_ep.python_backend.request_limits import LimitConfigError, RequestL
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", AUTO)
 
 
+def _by_name(tensors: Sequence[TensorInfo]) -> Dict[str, TensorInfo]:
+    """Each tensor under every name the runtime knows it by (an OpenVINO port has several)."""
+    return {name: tensor for tensor in tensors for name in tensor.names}
+
+
 def signature_mismatches(config: ServingConfig, session: Session) -> List[str]:
-    """Differences between config.pbtxt and the model the provider loaded, one line each."""
+    """Differences between config.pbtxt and the model the provider loaded, one line each.
+
+    A tensor matches a config entry by any of its names; a scalar (rank 0) matches dims
+    [1] (Triton has no rank 0 for a model that does not batch, and a batched model's
+    per-sample scalar output is sent as the model's [batch], see triton_config.py).
+    """
     problems = []
-    model_inputs = {t.name: t for t in session.inputs}
-    model_outputs = {t.name: t for t in session.outputs}
-    for kind, specs, tensors in (("input", config.inputs, model_inputs), ("output", config.outputs, model_outputs)):
+    model_inputs, model_outputs = _by_name(session.inputs), _by_name(session.outputs)
+    for kind, specs, tensors, listed in (("input", config.inputs, model_inputs, session.inputs),
+                                         ("output", config.outputs, model_outputs, session.outputs)):
         for spec in specs:
             tensor = tensors.get(spec.name)
             if tensor is None:
-                problems.append(f"{kind} {spec.name!r} is not in the model (the model has {', '.join(tensors) or 'none'})")
+                names = ", ".join(t.name for t in listed) or "none"
+                problems.append(f"{kind} {spec.name!r} is not in the model (the model has {names})")
                 continue
             if tensor.dtype != spec.dtype:
-                problems.append(
-                    f"{kind} {spec.name!r} is {short_type_name(spec.dtype)} in config.pbtxt but {short_type_name(tensor.dtype)} in the model"
-                )
+                problems.append(f"{kind} {spec.name!r} is {short_type_name(spec.dtype)} in config.pbtxt but "
+                                f"{_type_text(tensor.dtype)} in the model")
             model_dims = list(tensor.shape[1:] if config.batched else tensor.shape)
             if not model_dims and tuple(spec.dims) == (1,) and (kind == "output" or not config.batched):
-                # A scalar declared dims [1]: Triton has no rank 0 for models that do not batch, and a
-                # batched model's per-sample scalar output is sent as the model's [batch] (triton_config.py).
                 continue
             if len(model_dims) != len(spec.dims):
                 problems.append(
@@ -59,10 +69,41 @@ def signature_mismatches(config: ServingConfig, session: Session) -> List[str]:
                 if want >= 0 and isinstance(have, int) and have != want:
                     problems.append(f"{kind} {spec.name!r} dim {position} is {want} in config.pbtxt but {have} in the model")
     configured = {spec.name for spec in config.inputs}
-    for name in model_inputs:
-        if name not in configured:
-            problems.append(f"model input {name!r} is missing from config.pbtxt")
+    for tensor in session.inputs:
+        if not configured.intersection(tensor.names):
+            problems.append(f"model input {tensor.name!r} is missing from config.pbtxt")
     return problems
+
+
+def _type_text(dtype) -> str:
+    try:
+        return short_type_name(dtype)
+    except ValueError:  # a type Triton cannot carry (float8, int4, ...)
+        return f"{np.dtype(dtype).name} (which Triton cannot carry)"
+
+
+def adopt_config_names(config: ServingConfig, session: Session) -> None:
+    """Name the session's tensors as config.pbtxt does (one of their aliases), so feeds, outputs and logs agree."""
+    for attribute, specs in (("inputs", config.inputs), ("outputs", config.outputs)):
+        wanted = {spec.name for spec in specs}
+        renamed = []
+        for tensor in getattr(session, attribute):
+            name = next((n for n in tensor.names if n in wanted), tensor.name)
+            renamed.append(tensor if name == tensor.name else
+                           replace(tensor, name=name, aliases=tuple(n for n in tensor.names if n != name)))
+        setattr(session, attribute, renamed)
+
+
+def check_signature(config: ServingConfig, provider: str, session: Session) -> None:
+    """Inside the provider chain: a session whose I/O does not match config.pbtxt is this provider's refusal.
+
+    The chain then tries the next provider (OpenVINO may drop a zero-size input or read a
+    type differently from ONNX Runtime); with none left, the load fails listing each reason.
+    """
+    problems = signature_mismatches(config, session)
+    if problems:
+        raise ProviderUnavailable(f"config.pbtxt does not match the model as {provider} reads it: " + "; ".join(problems))
+    adopt_config_names(config, session)
 
 
 @dataclass
@@ -129,8 +170,13 @@ def resolve_session(
     device_id: int = 0,
     registry: Optional[ProviderRegistry] = None,
     precisions: tuple = PRECISIONS,
+    match_config: bool = True,
 ) -> ResolvedSession:
-    """Verify the bundle's files and load it on the first provider of the chain that can serve it."""
+    """Verify the bundle's files and load it on the first provider of the chain that can serve it.
+
+    With ``match_config``, a provider whose session does not match config.pbtxt's I/O is
+    skipped with the differences as its reason (see :func:`check_signature`).
+    """
     chain = parse_provider_chain(config.parameters.get("providers"))
     precision = (config.parameters.get("precision") or "fp32").lower()
     if precision not in precisions:
@@ -151,8 +197,13 @@ def resolve_session(
                            instances=config.instances, allow_unmeasured=unmeasured_ok)
 
     unmeasured_ok = allow_unmeasured(config.parameters)
-    resolution = resolve_provider_chain(chain, make_request, registry,
-                                        accept=lambda name, session: judge_route(name, session, artifacts, unmeasured_ok))
+
+    def accept(name: str, session: Session):
+        if match_config:
+            check_signature(config, name, session)
+        return judge_route(name, session, artifacts, unmeasured_ok)
+
+    resolution = resolve_provider_chain(chain, make_request, registry, accept=accept)
     served = resolution.session.precision if precision == AUTO else precision
     return ResolvedSession(resolution, artifacts, served, chain, auto_reasons.get(resolution.provider, ""))
 
@@ -165,10 +216,6 @@ def load_model(
 ) -> LoadedModel:
     resolved = resolve_session(config, version_dir, device_id, registry)
     resolution, artifacts = resolved.resolution, resolved.artifacts
-    problems = signature_mismatches(config, resolution.session)
-    if problems:
-        resolution.session.close()
-        raise ModelConfigError(f"config.pbtxt of model {config.name!r} does not match {artifacts.describe()}: " + "; ".join(problems))
     shapes = symbolic_input_shapes(artifacts, resolution.session)
     try:
         limits = request_limits(config, artifacts, shapes)

@@ -105,7 +105,8 @@ class RequestLimits:
                 )
         if self.check_finite:
             for name, array in feeds.items():
-                if array.dtype.kind == "f" and not np.isfinite(array).all():
+                # bfloat16 (ml_dtypes) is numpy kind "V", not "f": checked by name.
+                if (array.dtype.kind == "f" or array.dtype.name == "bfloat16") and not np.isfinite(array).all():
                     kind = "NaN" if np.isnan(array).any() else "infinity"
                     where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
                     raise RequestLimitError(

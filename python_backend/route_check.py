@@ -44,8 +44,10 @@ class RouteNote:
 
 
 def _load_npz(path) -> Dict[str, np.ndarray]:
+    from portable_ep.backends.dtypes import restore_bfloat16
+
     with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+        return {name: restore_bfloat16(data[name]) for name in data.files}
 
 
 def _encoder_problems(session: Session, artifacts: ModelArtifacts, precision: str) -> list:

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from portable_ep.backends.dtypes import is_bfloat16
 from portable_ep.heartbeat import Heartbeat
 from portable_ep.python_backend.batching import BatchExecutor, ModelFailure, RequestError
 from portable_ep.python_backend.generation_model import GenerationServing, is_generative, load_generator
@@ -85,6 +86,23 @@ def error_code(pb, error: Exception):
     return pb.TritonError.INVALID_ARG
 
 
+def request_arrays(request, bfloat16_inputs) -> dict:
+    """A request's tensors as numpy; BF16 ones (no numpy form in the stub) through DLPack."""
+    from portable_ep.python_backend.bf16_dlpack import bfloat16_from_dlpack
+
+    return {t.name(): (bfloat16_from_dlpack(t.to_dlpack()) if t.name() in bfloat16_inputs else t.as_numpy())
+            for t in request.inputs()}
+
+
+def response_tensor(pb, name: str, array):
+    """One output for Triton; a bfloat16 array goes as DLPack (the stub builds no BF16 tensor from numpy)."""
+    if is_bfloat16(array.dtype):
+        from portable_ep.python_backend.bf16_dlpack import bfloat16_to_dlpack
+
+        return pb.Tensor.from_dlpack(name, bfloat16_to_dlpack(array))
+    return pb.Tensor(name, array)
+
+
 class TritonModel:
     def __init__(self, pb_utils):
         self.pb = pb_utils
@@ -122,6 +140,7 @@ class TritonModel:
         log_route(log, where, resolution)
         self.config = config
         self.session = resolution.session
+        self.bfloat16_inputs = {spec.name for spec in config.inputs if is_bfloat16(spec.dtype)}
         log.log_info(f"{where}: request limits: {loaded.limits.describe()}")
         self.executor = BatchExecutor(config, resolution.session, loaded.limits, log=log.log_error,
                                       input_shapes=loaded.input_shapes)
@@ -163,7 +182,7 @@ class TritonModel:
         if self.generation is not None:
             return self.generation.execute(requests)
         pb = self.pb
-        feeds = [{t.name(): t.as_numpy() for t in request.inputs()} for request in requests]
+        feeds = [request_arrays(request, self.bfloat16_inputs) for request in requests]
         executor = self.executor
         calls, padded = executor.provider_calls, executor.padded_calls
         started = time.perf_counter()
@@ -181,7 +200,7 @@ class TritonModel:
                 responses.append(pb.InferenceResponse(error=pb.TritonError(str(result), error_code(pb, result))))
                 continue
             wanted = request.requested_output_names() or result.keys()
-            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(name, result[name]) for name in wanted]))
+            responses.append(pb.InferenceResponse(output_tensors=[response_tensor(pb, name, result[name]) for name in wanted]))
         self.metrics.record_execution(len(requests), errors, elapsed, executor.provider_calls - calls,
                                       executor.padded_calls - padded)
         return responses

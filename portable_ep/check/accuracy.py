@@ -17,8 +17,10 @@ RANDOM_SAMPLES = 8
 
 
 def _load(path) -> Dict[str, np.ndarray]:
+    from portable_ep.backends.dtypes import restore_bfloat16
+
     with np.load(path) as data:
-        return {name: data[name] for name in data.files}
+        return {name: restore_bfloat16(data[name]) for name in data.files}
 
 
 def _chunk(target: Target) -> int:

@@ -42,11 +42,11 @@ def _aio(protocol: str):
 
 
 def _inputs(module, feeds: Dict[str, np.ndarray]) -> list:
-    from portable_ep.backends.dtypes import short_type_name
+    from portable_ep.backends.dtypes import wire_type_name
 
     inputs = []
     for name, array in feeds.items():
-        tensor = module.InferInput(name, list(array.shape), short_type_name(array.dtype))
+        tensor = module.InferInput(name, list(array.shape), wire_type_name(array.dtype))
         tensor.set_data_from_numpy(np.ascontiguousarray(array))
         inputs.append(tensor)
     return inputs

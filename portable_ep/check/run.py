@@ -42,9 +42,10 @@ def _one_request(target: Target) -> dict:
     from portable_ep.exporters.samples import first_request
 
     from portable_ep.backends.bundle_paths import confined_path
+    from portable_ep.backends.dtypes import restore_bfloat16
 
     with np.load(confined_path(target.bundle, target.manifest["reference"]["inputs"], "reference.inputs")) as data:
-        return first_request({name: data[name] for name in data.files}, target.batched)
+        return first_request({name: restore_bfloat16(data[name]) for name in data.files}, target.batched)
 
 
 def _latency(target: Target, options: CheckOptions, session, session_reason: str) -> dict:

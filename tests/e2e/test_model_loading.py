@@ -51,6 +51,29 @@ def test_hand_written_config_with_openvino_ir_serves_on_the_default_chain(ir_rep
         assert len(chose) == 2
 
 
+def test_an_ir_whose_tensors_have_several_names_serves_under_the_names_config_uses(tmp_path, model_files, installed_backend_dir,
+                                                                                  reference_run):
+    """OpenVINO ports carry several names (a converted ViT's ``input_image`` and an internal alias):
+    config.pbtxt may use any of them, and requests and responses then use that name. Here neither
+    is the name OpenVINO reports first (``get_any_name()``: ``pixel_values``, ``logits``)."""
+    import openvino as ov
+
+    model = ov.convert_model(str(model_files["mlp"]))
+    model.inputs[0].get_tensor().add_names({"pixel_values"})
+    model.outputs[0].get_tensor().add_names({"scores"})
+    version = tmp_path / "mlp_aliases" / "1"
+    version.mkdir(parents=True)
+    ov.save_model(model, str(version / "model.xml"), compress_to_fp16=False)
+    config = HAND_WRITTEN_CONFIG.replace('name: "logits"', 'name: "scores"')
+    (tmp_path / "mlp_aliases" / "config.pbtxt").write_text(config.replace("count: 2", "count: 1"))
+    with TritonServer(tmp_path, backend_directory=installed_backend_dir) as server:
+        feeds = mlp_input(3, seed=5)
+        served = infer_once("grpc", server.grpc_url, "mlp_aliases", feeds)
+        assert set(served) == {"scores"}
+        assert np.max(np.abs(served["scores"] - reference_run("mlp", feeds)["logits"])) <= 1e-5
+        assert served_providers(server.metrics_text())["mlp_aliases"]["provider"] == "openvino"
+
+
 def test_chain_with_nothing_available_fails_the_load_and_lists_each_reason(tmp_path, model_files, installed_backend_dir):
     repository = write_repository(tmp_path, model_files, {"unservable": ("mlp", "cuda,rocm,npu", {})})
     server = TritonServer(repository, backend_directory=installed_backend_dir)

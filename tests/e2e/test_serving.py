@@ -106,8 +106,7 @@ BAD_REQUESTS = {
     "unknown input": ("mlp_cpu", {"x": np.zeros((1, 16), np.float32), "bogus": np.zeros((1, 16), np.float32)}, ["bogus"]),
     "batch over max_batch_size": ("mlp_cpu", {"x": np.zeros((9, 16), np.float32)}, ["batch-size", "8"]),
     "empty batch": ("mlp_cpu", {"x": np.zeros((0, 16), np.float32)}, ["'x'", "byte size"]),
-    # The two below pass Triton's own checks (dims are -1) and are caught by the backend.
-    "empty tensor": ("bow_cpu", {"input_ids": np.zeros((1, 0), np.int64), "attention_mask": np.zeros((1, 0), np.int64)}, ["input_ids", "empty"]),
+    # Passes Triton's own checks (dims are -1) and is caught by the backend.
     "inputs disagree on sequence": ("bow_cpu", {"input_ids": np.zeros((1, 4), np.int64), "attention_mask": np.ones((1, 5), np.int64)}, ["sequence", "input_ids has 4", "attention_mask has 5"]),
     # Passes every shape check; refused by the vocabulary check (read from the ONNX file) before the runtime.
     "token id past the vocabulary": ("bow_cpu", {"input_ids": np.full((1, 4), 1000, np.int64), "attention_mask": np.ones((1, 4), np.int64)}, ["token id 1000", "the vocabulary has 100 ids"]),
@@ -129,12 +128,22 @@ def test_bad_request_gets_its_own_clear_error(server, protocol, case):
     assert str(error.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), (case, error.value.status())
 
 
+@pytest.mark.parametrize("model", ["bow_cpu", "bow_openvino"])
+def test_a_zero_size_dim_is_served_as_the_model_answers(server, reference_run, model):
+    """An empty sequence is no bad request: the model answers it (an empty bag of words: zeros)."""
+    feeds = {"input_ids": np.zeros((2, 0), np.int64), "attention_mask": np.zeros((2, 0), np.int64)}
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        served = infer_once(protocol, url, model, feeds)["logits"]
+        assert served.shape == (2, 3)
+        assert np.array_equal(served, reference_run("bag_of_words", feeds)["logits"])
+
+
 def test_bad_requests_do_not_harm_concurrent_good_ones(server, reference_run):
     """Good and bad requests interleaved from 16 clients: every good one is answered correctly."""
     from tritonclient.utils import InferenceServerException
 
     before = _model_stats(server, "bow_cpu")
-    bad_cases = [BAD_REQUESTS[c] for c in ("empty tensor", "inputs disagree on sequence", "token id past the vocabulary")]
+    bad_cases = [BAD_REQUESTS[c] for c in ("inputs disagree on sequence", "token id past the vocabulary")]
 
     def one_client(index: int):
         client = make_client("grpc", server.grpc_url)

@@ -32,7 +32,7 @@ def feeds(batch=2, seq=3, **extra):
         (feeds(ids=np.zeros((2, 3), np.int32)), "input 'ids' has data type INT32, expected INT64"),
         (feeds(ids=np.zeros((2, 3, 1), I64)), "input 'ids' has shape [2, 3, 1], expected [batch, -1]"),
         (feeds(scale=np.zeros((2, 3), F32)), "input 'scale' has shape [2, 3], expected [batch, 2]"),
-        (feeds(seq=0), "input 'ids' is empty (shape [2, 0])"),
+        (feeds(batch=0), "input 'ids' has a batch of 0 (shape [0, 3]); send at least one sample"),
         (feeds(mask=np.ones((2, 4), I64)), "inputs disagree on dimension 'sequence': ids has 3, mask has 4"),
         (feeds(mask=np.ones((1, 3), I64)), "inputs disagree on the batch size: ids=2, mask=1"),
         (feeds(batch=5), "batch size 5 exceeds max_batch_size 4 of model 'm'"),
@@ -47,6 +47,7 @@ def test_invalid_requests_are_named_precisely(request_feeds, message):
 
 def test_valid_request_returns_its_batch_size_and_optional_inputs_may_be_absent():
     assert validate_request(feeds(batch=3), CONFIG, SHARED) == 3
+    assert validate_request(feeds(seq=0), CONFIG, SHARED) == 2  # zero-size dims are served (the model may take them)
     assert validate_request(feeds(batch=1, scale=np.ones((1, 2), F32)), CONFIG, SHARED) == 1
 
 

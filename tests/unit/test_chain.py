@@ -73,7 +73,9 @@ def test_first_usable_provider_wins_and_skips_are_explained():
 
 
 def test_a_runtime_that_rejects_the_model_is_skipped_with_its_error():
-    registry = registry_with(FakeProvider("ov", load_error=RuntimeError("Unsupported op Foo\nstack...")), FakeProvider("cpu"))
+    # OpenVINO's first line only says where it raised; the reason keeps the cause.
+    error = RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nUnsupported op Foo")
+    registry = registry_with(FakeProvider("ov", load_error=error), FakeProvider("cpu"))
     resolution = resolve_provider_chain(["ov", "cpu"], request_for, registry)
     assert resolution.skipped[0].reason == "failed to load the model: RuntimeError: Unsupported op Foo"
 

@@ -59,11 +59,12 @@ def test_an_eight_bit_int8_route_holds_only_on_a_cpu_with_vnni(monkeypatch, vnni
     assert route_verdict(table, "openvino", "int8").status == (WITHIN_BUDGET if vnni else UNMEASURED)
 
 
-def _config(parameters: dict) -> ServingConfig:
+def _config(parameters: dict, output: str = "y", output_dims: tuple = (16,)) -> ServingConfig:
     import numpy as np
 
-    spec = lambda name: TensorSpec(name, np.dtype(np.float32), (16,))  # noqa: E731
-    return ServingConfig(name="m", max_batch_size=8, inputs=(spec("x"),), outputs=(spec("y"),), parameters=parameters)
+    spec = lambda name, dims: TensorSpec(name, np.dtype(np.float32), dims)  # noqa: E731
+    return ServingConfig(name="m", max_batch_size=8, inputs=(spec("x", (16,)),), outputs=(spec(output, output_dims),),
+                         parameters=parameters)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_an_unmeasured_route_is_measured_at_load_and_refused_with_its_figures(bu
 def test_an_unmeasured_route_within_budget_at_load_serves(tmp_path, model_files):
     bundle = export_bundle(model_files["mlp"], tmp_path / "mlp", ExportOptions(formats=("onnx",), precisions=("fp32",),
                                                                                progress=False)).bundle
-    resolved = resolve_session(_config({"providers": "openvino"}), bundle)
+    resolved = resolve_session(_config({"providers": "openvino"}, "logits", (4,)), bundle)
     assert resolved.resolution.provider == "openvino" and resolved.resolution.note.label == MEASURED_AT_LOAD
     resolved.resolution.session.close()
 
@@ -139,6 +140,6 @@ def test_a_plain_model_file_is_served_as_given(tmp_path, model_files):
     import shutil
 
     shutil.copy(model_files["mlp"], tmp_path / "model.onnx")
-    resolved = resolve_session(_config({"providers": "openvino"}), tmp_path)
+    resolved = resolve_session(_config({"providers": "openvino"}, "logits", (4,)), tmp_path)
     assert resolved.resolution.note.label == NOTHING_TO_MEASURE
     resolved.resolution.session.close()

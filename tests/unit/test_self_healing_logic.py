@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from portable_ep.backends.dtypes import bfloat16
 from portable_ep.backends.integrity import IntegrityError, VerifiedCache, check_files, expected_sums, verify_for_load
 from portable_ep.exporters.errors import runtime_cause
 from portable_ep.python_backend.request_limits import (
@@ -41,6 +42,7 @@ def test_defaults_come_from_the_model():
     (ids([1] * 65), ["sequence 65", "limit of 64", "position table", "request.max_dim.sequence"]),
     ({"x": np.array([[0.0, np.nan]], np.float32)}, ["'x'", "NaN", "[0, 1]", "request.check_finite"]),
     ({"x": np.array([[np.inf]], np.float32)}, ["infinity"]),
+    ({"x": np.array([[1.0, np.nan]]).astype(bfloat16())}, ["'x'", "NaN", "[0, 1]"]),  # numpy kind "V", still checked
 ])
 def test_each_refusal_names_the_problem_and_the_option(feeds, words):
     limits = build_limits({}, {**SHAPES, "x": ("batch", 2)}, MODEL_LIMITS)
