@@ -112,6 +112,7 @@ class _Exporter:
         self.hf = None
         self.vocab_sizes: Dict[str, int] = {}
         self.text = None  # the built-in corpus, tokenized, when the source has a tokenizer
+        self.tokenizer: Optional[str] = None  # the bundle's tokenizer folder, when the source has a fast one
         self.opset_note: dict = {}
         self.batching: dict = {"batched": True}
         self.origins: Dict[str, Dict[str, str]] = {}
@@ -131,6 +132,7 @@ class _Exporter:
             if self.hf.vocab_size:
                 self.vocab_sizes = {"input_ids": int(self.hf.vocab_size)}
             self.text = self.hf.tokenized_corpus()
+            self.tokenizer = "tokenizer" if self.hf.save_tokenizer(self.work / "tokenizer") else None
             self.dim_sizes = dict(getattr(self.hf, "dim_sizes", {}) or {})
             if self.source.task != "audio-classification":
                 # Text length is the user's --sequence-length; optimum's suggestion is only for audio samples.
@@ -514,6 +516,8 @@ def _export_into(source: Source, work: Path, out: Path, options: ExportOptions, 
                        "hints": exporter.hints},
         "tools": tool_versions(),
     }
+    if exporter.tokenizer:
+        manifest["tokenizer"] = exporter.tokenizer
     manifest["files"] = bundle_file_sums(work, variants)
     write_manifest(work, manifest)
     return ExportResult(out, manifest, problems)

@@ -27,6 +27,25 @@ def describe_models(server: TritonServer) -> Table:
     return table
 
 
+def start_openai_api(server: TritonServer, console, port: Optional[int], api_key: Optional[str],
+                     max_body_bytes: Optional[int]):
+    """The OpenAI-compatible API beside tritonserver when the repository has a model it serves, else None."""
+    from portable_ep.openai_api.catalog import repository_has_api_models
+
+    if not port:
+        return None
+    if not repository_has_api_models(server.model_repository):
+        console.print("portable-ep: no generative or embedding model in the repository: the OpenAI API is not started")
+        return None
+    from portable_ep.openai_api.server import OpenAIFrontend
+
+    frontend = OpenAIFrontend(server.model_repository, server.grpc_url, host=server.host, port=port, api_key=api_key,
+                              max_body_bytes=max_body_bytes, log=console.print).start()
+    console.print(f"portable-ep: OpenAI-compatible API at {frontend.url} (/chat/completions, /completions, /embeddings, "
+                  f"/models){'; API key required' if api_key else ''}")
+    return frontend
+
+
 def serve(
     repository: str,
     *,
@@ -39,6 +58,9 @@ def serve(
     quiet: bool = False,
     ready_timeout: float = 300.0,
     supervise: bool = True,
+    openai_port: Optional[int] = 9000,
+    openai_api_key: Optional[str] = None,
+    openai_max_body_bytes: Optional[int] = None,
 ) -> int:
     console = make_console(stderr=True)
     server = TritonServer(
@@ -63,16 +85,21 @@ def serve(
     console.print(f"portable-ep: starting {server.installation.binary} on {repository}")
     with server:
         console.print(describe_models(server))
+        frontend = start_openai_api(server, console, openai_port, openai_api_key, openai_max_body_bytes)
         console.print(
             f"portable-ep: ready -- HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
             f"(log: {server.log_path}); Ctrl-C stops"
         )
         if supervise:
             console.print("portable-ep: supervising the models: a model whose stub dies is reloaded, not ready until it serves again")
-        while not stop.wait(0.5):
-            if server.process.poll() is not None:
-                console.print(f"portable-ep: tritonserver exited with code {server.process.returncode}")
-                return server.process.returncode or 1
+        try:
+            while not stop.wait(0.5):
+                if server.process.poll() is not None:
+                    console.print(f"portable-ep: tritonserver exited with code {server.process.returncode}")
+                    return server.process.returncode or 1
+        finally:
+            if frontend is not None:
+                frontend.stop()
         code = server.stop()
     console.print(f"portable-ep: tritonserver stopped (exit code {code})")
     return 0 if code in (0, None) else code
