@@ -161,6 +161,26 @@ def test_chat_streams_deltas_then_usage_then_done(client, golden, serve):
     assert all(line.startswith("data: ") for line in events) and events[-1] == "data: [DONE]"
 
 
+def test_a_client_that_leaves_a_stream_cancels_its_request_in_the_model(serve, client, golden):
+    """Closing the HTTP stream cancels the gRPC call; the model frees the sequence (its log says so)."""
+    import httpx
+
+    body = {"model": "llm", "prompt": "Once upon a time", "max_tokens": 400, "stream": True, "temperature": 0,
+            "ignore_eos": True}
+    with httpx.stream("POST", f"{serve['url']}/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+    deadline = time.monotonic() + 30
+    while "request cancelled by the client" not in serve["log"].read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "request cancelled by the client" in serve["log"].read_text()
+    expected = golden["prompts"][0]  # and the model serves on
+    again = client.chat.completions.create(model="llm", messages=[{"role": "user", "content": PROMPTS[0]}],
+                                           max_tokens=len(expected["greedy_ids"]), temperature=0)
+    assert again.choices[0].message.content == expected["greedy_text"]
+
+
 def test_completions_plain_streamed_and_echoed(client, golden):
     expected = golden["prompts"][2]
     n = len(expected["greedy_ids"])
