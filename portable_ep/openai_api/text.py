@@ -95,5 +95,6 @@ class ChatTemplate:
 
     def render(self, messages: List[dict], add_generation_prompt: bool = True, **variables) -> str:
         """The prompt text; a template's own refusal (``raise_exception``) becomes TemplateError."""
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     **self.special_tokens, **variables)
+        # later keys win: a request's variables cannot replace the messages or the generation prompt
+        context = {**self.special_tokens, **variables, "messages": messages, "add_generation_prompt": add_generation_prompt}
+        return self._template.render(context)

@@ -2,6 +2,7 @@
 refusals by name, error bodies and status codes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -168,3 +169,22 @@ def test_api_key_is_required_when_set(tmp_path):
         assert client.post("/v1/completions", json={}, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.post("/v1/completions", json={}, headers={"Authorization": "Bearer s3cret"}).status_code == 400
         assert client.get("/health").status_code == 200
+
+
+def test_serve_starts_the_api_only_for_a_generative_or_embedding_model(tmp_path):
+    from portable_ep.openai_api.catalog import latest_version_dir, repository_has_api_models
+
+    def model(name, manifest, versions=("1",)):
+        for version in versions:
+            (tmp_path / name / version).mkdir(parents=True)
+            (tmp_path / name / version / "manifest.json").write_text(json.dumps(manifest))
+    model("classifier", {"task": "text-classification", "tokenizer": "tokenizer",
+                         "signature": {"outputs": [{"name": "logits"}]}})
+    model("plain_onnx", {}, versions=())
+    (tmp_path / "plain_onnx" / "1").mkdir(parents=True)
+    assert not repository_has_api_models(tmp_path)
+    model("encoder_without_tokenizer", {"signature": {"outputs": [{"name": "sentence_embedding"}]}})
+    assert not repository_has_api_models(tmp_path)
+    model("encoder", {"tokenizer": "tokenizer", "signature": {"outputs": [{"name": "sentence_embedding"}]}}, ("1", "10", "2"))
+    assert repository_has_api_models(tmp_path)
+    assert latest_version_dir(tmp_path / "encoder").name == "10"  # Triton's latest: by number, not by name
