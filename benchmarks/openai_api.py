@@ -47,8 +47,9 @@ def start_serve(repository: Path, workdir: Path):
 
     port = free_port()
     log = open(workdir / "serve.log", "w")
+    grpc_port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "portable_ep.cli", "serve", str(repository), "--quiet",
-                                "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                                "--http-port", str(free_port()), "--grpc-port", str(grpc_port),
                                 "--metrics-port", str(free_port()), "--openai-port", str(port)],
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -60,7 +61,7 @@ def start_serve(repository: Path, workdir: Path):
         try:
             with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as response:
                 if len(json.loads(response.read())["data"]) == expected:
-                    return process, url
+                    return process, url, f"127.0.0.1:{grpc_port}"
         except OSError:
             pass
         time.sleep(1)
@@ -79,6 +80,38 @@ def run_aiperf(aiperf: Path, url: str, model: str, tokenizer: Path, out: Path, a
     export = json.loads((out / "profile_export_aiperf.json").read_text())
     export["command"] = " ".join(command)
     return export
+
+
+def frontend_overhead(url: str, grpc_url: str, model: str, prompt: str, max_tokens: int, rounds: int) -> dict:
+    """The same streamed request through the OpenAI API and straight to Triton's gRPC, alternated:
+    median time to first text and to the end, and what the API adds (its HTTP, JSON, template
+    and tokenizer work). On a shared machine the absolute figures move; the difference is the point."""
+    import statistics
+
+    from openai import OpenAI
+
+    from portable_ep.generation.client import StreamingClient
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+    sampling = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    api, direct = {"ttft": [], "total": []}, {"ttft": [], "total": []}
+    with StreamingClient(grpc_url, model) as grpc_client:
+        for _ in range(rounds):
+            started, first = time.perf_counter(), None
+            for chunk in client.completions.create(model=model, prompt=prompt, stream=True, max_tokens=max_tokens,
+                                                   temperature=0, extra_body={"ignore_eos": True}):
+                if first is None and chunk.choices and chunk.choices[0].text:
+                    first = time.perf_counter()
+            api["ttft"].append((first - started) * 1000)
+            api["total"].append((time.perf_counter() - started) * 1000)
+            result = grpc_client.generate(prompt, sampling)
+            direct["ttft"].append(result.ttft_s * 1000)
+            direct["total"].append(result.total_s * 1000)
+    med = {k: {m: round(statistics.median(v), 2) for m, v in d.items()} for k, d in (("openai_api", api), ("grpc", direct))}
+    med["added_ttft_ms"] = round(med["openai_api"]["ttft"] - med["grpc"]["ttft"], 2)
+    med["added_total_ms"] = round(med["openai_api"]["total"] - med["grpc"]["total"], 2)
+    med.update(rounds=rounds, max_tokens=max_tokens)
+    return med
 
 
 def figure(export: dict, metric: str, stat: str):
@@ -102,6 +135,9 @@ def main() -> int:
     parser.add_argument("--isl", type=int, default=128, help="prompt tokens (aiperf's synthetic prompts)")
     parser.add_argument("--osl", type=int, default=64, help="output tokens per request")
     parser.add_argument("--aiperf", help="an aiperf binary to use (default: its own venv under --cache, made once)")
+    parser.add_argument("--overhead-rounds", type=int, default=10,
+                        help="requests each way for the API-vs-gRPC comparison (default: %(default)s)")
+    parser.add_argument("--overhead-tokens", type=int, default=16)
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench"))
     parser.add_argument("--out", default=str(ROOT / "bench-output" / "openai_api"))
     args = parser.parse_args()
@@ -117,14 +153,17 @@ def main() -> int:
     aiperf = Path(args.aiperf) if args.aiperf else aiperf_binary(cache)
     levels = [int(c) for c in args.concurrency.split(",")]
     results = {"bundle": str(bundle), "providers": args.providers, "precision": args.precision, "cpu_count": os.cpu_count(),
-               "isl": args.isl, "osl": args.osl, "chat": [], "embeddings": None}
+               "isl": args.isl, "osl": args.osl, "chat": [], "embeddings": None, "overhead": None}
     with tempfile.TemporaryDirectory(prefix="openai-bench-") as work:
         repository = Path(work) / "models"
         add_to_repository(bundle, repository, "llm", RepoOptions(providers=args.providers, precision=args.precision))
         if args.embedding_bundle:
             add_to_repository(args.embedding_bundle, repository, "embedder", RepoOptions(providers="cpu", precision="fp32"))
-        process, url = start_serve(repository, Path(work))
+        process, url, grpc_url = start_serve(repository, Path(work))
         try:
+            results["overhead"] = frontend_overhead(url, grpc_url, "llm", "The capital of France is", args.overhead_tokens,
+                                                    args.overhead_rounds)
+            print(json.dumps({"overhead": results["overhead"]}), flush=True)
             for level in levels:
                 export = run_aiperf(aiperf, url, "llm", bundle / "tokenizer", out / f"chat_c{level}",
                                     ["--endpoint-type", "chat", "--streaming", "--concurrency", str(level),
@@ -163,6 +202,10 @@ def main() -> int:
     for row in results["chat"]:
         print(f"| {row['concurrency']} | {row['requests']:.0f} | {row['errors']} | {row['ttft_p50_ms']} / {row['ttft_p99_ms']} | "
               f"{row['itl_p50_ms']} / {row['itl_p99_ms']} | {row['output_tokens_per_s']} |")
+    o = results["overhead"]
+    print(f"the API beside Triton's gRPC, same streamed request ({o['max_tokens']} tokens, medians of {o['rounds']}): "
+          f"time to first text {o['openai_api']['ttft']} vs {o['grpc']['ttft']} ms (+{o['added_ttft_ms']}), "
+          f"to the end {o['openai_api']['total']} vs {o['grpc']['total']} ms (+{o['added_total_ms']})")
     if results["embeddings"]:
         e = results["embeddings"]
         print(f"embeddings (concurrency 4): {e['requests']:.0f} requests, {e['errors']} errors, latency p50 / p99 "

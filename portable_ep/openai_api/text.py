@@ -35,10 +35,20 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(file))
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
+        self._special_ids = {i for i, token in self._tokenizer.get_added_tokens_decoder().items() if token.special}
 
     def count(self, text: str, add_special_tokens: bool = True) -> int:
+        """Tokens of ``text`` as the served model counts them.
+
+        A text that already begins with the BOS the tokenizer adds (a rendered chat template often
+        does) gets no second one on the server (llama.cpp's rule), so a doubled leading special
+        token is counted once.
+        """
         # encode_batch lets go of the GIL while it works; the event loop runs it in a worker thread.
-        return len(self._tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids)
+        ids = self._tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+        if add_special_tokens and len(ids) > 1 and ids[0] == ids[1] and ids[0] in self._special_ids:
+            return len(ids) - 1
+        return len(ids)
 
     def encode_for_encoder(self, texts: List[str]) -> List[Tuple[List[int], List[int], List[int]]]:
         """(input_ids, attention_mask, token_type_ids) per text, special tokens added, unpadded."""

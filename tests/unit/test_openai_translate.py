@@ -188,3 +188,21 @@ def test_serve_starts_the_api_only_for_a_generative_or_embedding_model(tmp_path)
     model("encoder", {"tokenizer": "tokenizer", "signature": {"outputs": [{"name": "sentence_embedding"}]}}, ("1", "10", "2"))
     assert repository_has_api_models(tmp_path)
     assert latest_version_dir(tmp_path / "encoder").name == "10"  # Triton's latest: by number, not by name
+
+
+def test_prompt_counts_a_bos_the_text_already_has_once(tmp_path):
+    """llama.cpp's rule, as the server applies it: a rendered template that begins with BOS gets no second one."""
+    from tokenizers.processors import TemplateProcessing
+
+    import tiny_llm
+    from portable_ep.openai_api.text import TextTokenizer
+
+    tokenizer = tiny_llm.build_tokenizer()
+    bos = tokenizer.token_to_id(tiny_llm.EOS)
+    tokenizer.post_processor = TemplateProcessing(single=f"{tiny_llm.EOS} $A", special_tokens=[(tiny_llm.EOS, bos)])
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    counter = TextTokenizer(tmp_path)
+    plain = len(tokenizer.encode("hello world", add_special_tokens=False).ids)
+    assert counter.count("hello world") == plain + 1
+    assert counter.count(tiny_llm.EOS + "hello world") == plain + 1
+    assert counter.count("hello world", add_special_tokens=False) == plain
