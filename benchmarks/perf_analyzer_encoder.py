@@ -94,6 +94,10 @@ def main() -> int:
     parser.add_argument("--providers", default="cpu")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--concurrency", default="1,4,8")
+    parser.add_argument("--requests", type=int, default=200, help="requests per measurement window")
+    parser.add_argument("--stability", type=int, default=25,
+                        help="perf_analyzer's --stability-percentage: how far 3 windows may differ (its default 10 "
+                        "rarely settles on a shared machine)")
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench"))
     parser.add_argument("--out", default=str(ROOT / "bench-output" / "perf_analyzer"))
     args = parser.parse_args()
@@ -113,7 +117,8 @@ def main() -> int:
                 report = out / f"c{level}.csv"
                 command = [str(binary), "-m", "encoder", "-u", server.grpc_url, "-i", "grpc", "--input-data",
                            str(out / "input_data.json"), "--concurrency-range", f"{level}:{level}",
-                           "--measurement-mode", "count_windows", "--measurement-request-count", "200",
+                           "--measurement-mode", "count_windows", "--measurement-request-count", str(args.requests),
+                           "--stability-percentage", str(args.stability), "--max-trials", "10",
                            "--percentile", "99", "-f", str(report)]
                 result = subprocess.run(command, capture_output=True, text=True, timeout=900,
                                         env={**os.environ, "LD_LIBRARY_PATH": libs})
