@@ -20,6 +20,8 @@ bench: venv
 	$(VENV)/bin/python benchmarks/int8_throughput.py
 	$(VENV)/bin/python benchmarks/loadgen_floor.py
 	$(VENV)/bin/python benchmarks/generation.py
+	$(VENV)/bin/python benchmarks/openai_api.py
+	$(VENV)/bin/python benchmarks/perf_analyzer_encoder.py
 
 # 30 minutes of load with bad requests and a stub killed every 5 minutes (docs/self-healing.md).
 soak: venv

@@ -123,6 +123,7 @@ class _Exporter:
         self.hf = None
         self.vocab_sizes: Dict[str, int] = {}
         self.text = None  # the built-in corpus, tokenized, when the source has a tokenizer
+        self.tokenizer: Optional[str] = None  # the bundle's tokenizer folder, when the source has a fast one
         self.opset_note: dict = {}
         self.batching: dict = {"batched": True}
         self.origins: Dict[str, Dict[str, str]] = {}
@@ -145,6 +146,7 @@ class _Exporter:
             if self.hf.vocab_size:
                 self.vocab_sizes = {"input_ids": int(self.hf.vocab_size)}
             self.text = self.hf.tokenized_corpus()
+            self.tokenizer = "tokenizer" if self.hf.save_tokenizer(self.work / "tokenizer") else None
             self.dim_sizes = dict(getattr(self.hf, "dim_sizes", {}) or {})
             if self.source.task != "audio-classification":
                 # Text length is the user's --sequence-length; optimum's suggestion is only for audio samples.
@@ -634,6 +636,8 @@ def _export_with(worker: Worker, source: Source, work: Path, out: Path, options:
                        "profiles_from": exporter.profiles_from},
         "tools": tool_versions(),
     }
+    if exporter.tokenizer:
+        manifest["tokenizer"] = exporter.tokenizer
     manifest["files"] = bundle_file_sums(work, variants)
     manifest = local_paths_removed(manifest, exporting_machine_paths(work, source.path))
     write_manifest(work, manifest)

@@ -103,19 +103,37 @@ class HuggingFaceModel:
             append_mean_pooling(Path(path), "last_hidden_state", "attention_mask", self.normalize)
             self.output_names.append(EMBEDDING)
 
-    def tokenized_corpus(self):
-        """The built-in corpus through the folder's tokenizer, or None when it has none."""
+    def _tokenizer(self):
+        """The folder's tokenizer for a model that takes token ids, or None (none, or one transformers cannot read)."""
         if "input_ids" not in self.input_names:
             return None
         try:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(self.source.path), local_files_only=True)
-        except Exception:  # no tokenizer files, or ones this transformers cannot read: random ids instead
+            return AutoTokenizer.from_pretrained(str(self.source.path), local_files_only=True)
+        except Exception:  # no tokenizer files, or ones this transformers cannot read
+            return None
+
+    def tokenized_corpus(self):
+        """The built-in corpus through the folder's tokenizer, or None when it has none (random ids instead)."""
+        tokenizer = self._tokenizer()
+        if tokenizer is None:
             return None
         from portable_ep.exporters.inputs import tokenize_corpus
 
         return tokenize_corpus(tokenizer)
+
+    def save_tokenizer(self, folder: Path) -> bool:
+        """Write the tokenizer (its fast ``tokenizer.json`` form) into ``folder``; False when there is none.
+
+        Serving text needs it: the OpenAI-compatible ``/v1/embeddings`` tokenizes its input with
+        the bundle's own tokenizer, so a bundle carries it rather than pointing at its source.
+        """
+        tokenizer = self._tokenizer()
+        if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+            return False
+        tokenizer.save_pretrained(str(folder))
+        return (Path(folder) / "tokenizer.json").is_file()
 
     @property
     def vocab_size(self):

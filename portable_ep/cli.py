@@ -72,6 +72,9 @@ def _cmd_serve(args) -> int:
         heartbeat_deadline_s=args.heartbeat_deadline,
         progress_deadline_s=args.stall_deadline,
         load_retries=args.load_retries,
+        openai_port=args.openai_port,
+        openai_api_key=args.openai_api_key or os.environ.get("PORTABLE_EP_OPENAI_API_KEY") or None,
+        openai_max_body_bytes=int(args.openai_max_body_mb * 1024 * 1024),
     )
 
 
@@ -324,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000, help="default: %(default)s")
     serve.add_argument("--grpc-port", type=int, default=8001, help="default: %(default)s")
     serve.add_argument("--metrics-port", type=int, default=8002, help="default: %(default)s")
+    serve.add_argument("--openai-port", type=int, default=9000,
+                       help="port of the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/embeddings, "
+                       "/v1/models) on --host; started when the repository holds a generative or embedding model; "
+                       "0: off (default: %(default)s)")
+    serve.add_argument("--openai-api-key", metavar="KEY", help="require Authorization: Bearer KEY on /v1/ (default: none; "
+                       "also read from PORTABLE_EP_OPENAI_API_KEY)")
+    serve.add_argument("--openai-max-body-mb", type=float, default=8.0,
+                       help="largest request body the OpenAI API reads, in MiB; larger ones get 413 (default: %(default)s)")
     serve.add_argument("--tritonserver", metavar="PATH", help="tritonserver binary to run")
     serve.add_argument("--backend-directory", metavar="DIR", help="a backend directory laid out by `portable-ep backend "
                        "install` (default: a fresh one per run)")

