@@ -133,7 +133,6 @@ BAD_REQUESTS = {
     "unknown input": ("bow_openvino", {"input_ids": IDS, "attention_mask": IDS, "token_type_ids": IDS}, ["token_type_ids"]),
     "batch over max_batch_size": ("conv_cpu", {"image": np.zeros((9, 3, 32, 32), F32)}, ["batch-size", "8"]),
     "empty batch": ("conv_openvino", {"image": np.zeros((0, 3, 32, 32), F32)}, ["image"]),
-    "empty sequence": ("bow_openvino", {"input_ids": np.zeros((1, 0), I64), "attention_mask": np.zeros((1, 0), I64)}, ["input_ids", "empty"]),
     "inputs disagree on the sequence": ("bow_openvino", {"input_ids": np.ones((1, 4), I64), "attention_mask": np.ones((1, 5), I64)}, ["sequence", "input_ids has 4", "attention_mask has 5"]),
     "inputs disagree on the batch": ("bow_cpu", {"input_ids": np.ones((2, 4), I64), "attention_mask": np.ones((1, 4), I64)}, ["batch"]),
     "negative token id": ("bow_cpu", {"input_ids": -IDS, "attention_mask": IDS}, ["token id -1", "vocabulary has 100 ids"]),
