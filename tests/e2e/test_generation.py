@@ -12,11 +12,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from raw_http import post_json
 
 pytest.importorskip("transformers", reason="the bundle is exported from transformers (export extra)")
 pytestmark = pytest.mark.e2e
@@ -66,13 +65,7 @@ def server(bundle, tmp_path_factory, installed_backend_dir):
 
 
 def _post(server, path: str, body: dict):
-    request = urllib.request.Request(f"http://{server.host}:{server.http_port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return post_json(f"http://{server.host}:{server.http_port}{path}", body)
 
 
 def test_bundle_layout_and_config(bundle, server):

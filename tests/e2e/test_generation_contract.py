@@ -19,11 +19,10 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
+from raw_http import post_json
 
 pytest.importorskip("transformers", reason="the bundle is exported from transformers (export extra)")
 pytest.importorskip("llguidance", reason="structured output needs the llm extra")
@@ -177,13 +176,7 @@ def test_vllm_optional_outputs_streamed_and_not(server, chat_tokenizer):
 
 
 def _post(server, path: str, body: dict):
-    request = urllib.request.Request(f"http://{server.host}:{server.http_port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return post_json(f"http://{server.host}:{server.http_port}{path}", body)
 
 
 def _stats(server) -> dict:

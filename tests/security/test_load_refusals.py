@@ -10,11 +10,10 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
+from raw_http import post_json
 
 from hostile_bundles import (SECRET, SECRET_MARK, WIDTH, copy_bundle, link_secret_as_weights, rename_external_data,
                              reseal)
@@ -97,14 +96,8 @@ def _index(server) -> dict:
 
 def _infer_raw(server, model: str) -> tuple:
     """(status, body) of a request of zeros over HTTP: what any client would see."""
-    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH], "data": [0.0] * WIDTH}]})
-    request = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/infer", data=body.encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH], "data": [0.0] * WIDTH}]}
+    return post_json(f"http://{server.http_url}/v2/models/{model}/infer", body, timeout=30)
 
 
 def test_genuine_bundles_serve_beside_the_refused_ones(refusing_server):
