@@ -114,6 +114,8 @@ def manifest_paths(manifest: Mapping) -> List[Tuple[str, object]]:
         if entry.get("file") is not None:
             paths.append((f"variants[{index}].file", entry["file"]))
         paths.extend((f"variants[{index}].weights_file", name) for name in _variant_weights(entry))
+    if "tokenizer" in manifest:  # an encoder bundle's tokenizer folder (the OpenAI API's embeddings read it)
+        paths.append(("tokenizer", manifest["tokenizer"]))
     decoder = manifest.get("decoder") or {}
     for key in ("tokenizer", "golden"):
         if isinstance(decoder, Mapping) and key in decoder:

@@ -257,7 +257,7 @@ class _Exporter:
         given_golden = self._load(o.golden, "golden inputs file") if o.golden else None
         for path, feeds in ((o.calibration, given_calibration), (o.golden, given_golden)):
             if feeds is not None:
-                self.profiles, self.profiles_from = profiles_of(feeds), str(path)
+                self.profiles, self.profiles_from = profiles_of(feeds), Path(path).name
                 break
         calibration_origin: Dict[str, str] = {}
         if given_calibration is not None:
@@ -545,7 +545,7 @@ def _export_with(worker: Worker, source: Source, work: Path, out: Path, options:
         if options.calibration:
             # Generated beside the user's calibration file and still not runnable: their own samples are.
             reference = take(calibration, 0, options.reference_samples)
-            exporter.origins["reference"] = {name: f"calibration file {options.calibration} (first {rows(reference)} samples)"
+            exporter.origins["reference"] = {name: f"calibration file {Path(options.calibration).name} (first {rows(reference)} samples)"
                                              for name in reference}
             golden, golden_framework = exporter.golden(reference, worker)
         else:

@@ -46,10 +46,14 @@ def start_openai_api(server: TritonServer, console, port: Optional[int], api_key
     if not repository_has_api_models(server.model_repository):
         console.print("portable-ep: no generative or embedding model in the repository: the OpenAI API is not started")
         return None
-    from portable_ep.openai_api.server import OpenAIFrontend
+    from portable_ep.openai_api.server import OpenAIFrontend, OpenAIServerError
 
-    frontend = OpenAIFrontend(server.model_repository, server.grpc_url, host=server.host, port=port, api_key=api_key,
-                              max_body_bytes=max_body_bytes, log=console.print).start()
+    try:
+        frontend = OpenAIFrontend(server.model_repository, server.grpc_url, host=server.host, port=port, api_key=api_key,
+                                  max_body_bytes=max_body_bytes, log=console.print).start()
+    except OpenAIServerError as exc:  # Triton's models serve all the same: the API is an addition, never a gate
+        console.print(f"portable-ep: warning: {exc}; the OpenAI API is not started")
+        return None
     console.print(f"portable-ep: OpenAI-compatible API at {frontend.url} (/chat/completions, /completions, /embeddings, "
                   f"/models){'; API key required' if api_key else ''}")
     return frontend

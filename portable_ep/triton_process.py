@@ -261,7 +261,10 @@ class TritonServer:
         self._log_line(f"portable-ep: tritonserver restarted (pid {self.process.pid}, server restart {self.restarts}); "
                        f"{len(left)} stub process(es) of the old one killed")
         if self.on_restart is not None:
-            self.on_restart(self)
+            try:  # a report that fails (the new server slow to answer) must not end the keeper's watch
+                self.on_restart(self)
+            except Exception as exc:  # noqa: BLE001
+                self._log_line(f"portable-ep: after the restart: {type(exc).__name__}: {exc}")
 
     def _log_line(self, line: str) -> None:
         """The supervisor's lines go where the server's output goes (echo) and into a log of their own."""

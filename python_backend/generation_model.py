@@ -272,25 +272,29 @@ class ResponseStream:
         if output.logprobs:
             self._unsent_logprobs.extend(output.logprobs)
         final = output.finish_reason is not None or output.error is not None
-        if output.error is not None:
-            self.sender.send(pb.InferenceResponse(error=pb.TritonError(output.error)), flags=final_flag)
-        elif output.finish_reason == "cancelled":
-            self.log_info(f"request cancelled by the client after {self.tokens} tokens; its cache is released")
-            self.sender.send(pb.InferenceResponse(error=pb.TritonError("request was cancelled", pb.TritonError.CANCELLED)),
-                             flags=final_flag)
-        elif self.stream:
-            if output.text:
-                self.sender.send(self._response(output.text, output), flags=final_flag if final else 0)
-            elif final and self.extra:  # the last figures (finish reason, counts) travel on a response of their own
-                self.sender.send(self._response("", output), flags=final_flag)
-            elif final:
-                self.sender.send(flags=final_flag)
-        else:
-            self.text += output.text
-            if final:
-                self.sender.send(self._response(self.text, output), flags=final_flag)
-        if final and self.on_done is not None:
-            self.on_done(output)
+        try:
+            if output.error is not None:
+                self.sender.send(pb.InferenceResponse(error=pb.TritonError(output.error)), flags=final_flag)
+            elif output.finish_reason == "cancelled":
+                self.log_info(f"request cancelled by the client after {self.tokens} tokens; its cache is released")
+                self.sender.send(pb.InferenceResponse(error=pb.TritonError("request was cancelled", pb.TritonError.CANCELLED)),
+                                 flags=final_flag)
+            elif self.stream:
+                if output.text:
+                    self.sender.send(self._response(output.text, output), flags=final_flag if final else 0)
+                elif final and self.extra:  # the last figures (finish reason, counts) travel on a response of their own
+                    self.sender.send(self._response("", output), flags=final_flag)
+                elif final:
+                    self.sender.send(flags=final_flag)
+            else:
+                self.text += output.text
+                if final:
+                    self.sender.send(self._response(self.text, output), flags=final_flag)
+        finally:
+            # Even when a send fails (a client that went away): a request left counted as pending would
+            # read as a stall to the heartbeat and get a healthy stub killed.
+            if final and self.on_done is not None:
+                self.on_done(output)
 
 
 class ResponseSender:

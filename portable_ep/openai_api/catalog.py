@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import time
+
+import grpc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
-from portable_ep.generation.bundle import context_length
+from portable_ep.backends.bundle_paths import confined_path
+from portable_ep.generation.bundle import context_length, tokenizer_file
 from portable_ep.generation.engine import EngineLimits
 from portable_ep.openai_api.text import ChatTemplate, TextSetupError, TextTokenizer
 
@@ -74,7 +77,7 @@ def describe_model(name: str, model_dir: Path, config: dict) -> Optional[ServedM
     inputs = {entry["name"]: entry.get("data_type", "") for entry in config.get("input", [])}
     outputs = {entry["name"]: entry for entry in config.get("output", [])}
     if manifest.get("task") == "text-generation":
-        folder = version_dir / ((manifest.get("decoder") or {}).get("tokenizer") or "tokenizer")
+        folder = tokenizer_file(version_dir, manifest).parent
         context = context_length(manifest)
         configured = _parameter(config, "generation.max_context")
         if configured and configured.isdigit():
@@ -96,7 +99,8 @@ def describe_model(name: str, model_dir: Path, config: dict) -> Optional[ServedM
     dims = [int(d) for d in outputs[output].get("dims", [])]
     max_dims = (manifest.get("limits") or {}).get("max_dims") or {}
     context = min((int(v) for v in max_dims.values()), default=0)
-    return ServedModel(name, EMBEDDING, version_dir, TextTokenizer(version_dir / tokenizer_folder), created,
+    tokenizer = confined_path(version_dir, tokenizer_folder, "tokenizer")
+    return ServedModel(name, EMBEDDING, version_dir, TextTokenizer(tokenizer if tokenizer.is_dir() else tokenizer.parent), created,
                        context=context, embedding_output=output, mean_pool=pool,
                        encoder_inputs={n: inputs[n] for n in ENCODER_INPUTS if n in inputs},
                        batched=int(config.get("max_batch_size", 0)) > 0, width=dims[-1] if dims else 0)
@@ -123,7 +127,12 @@ class Catalog:
         """Describe every model of Triton's index that is new or changed since the last read."""
         if not force and time.monotonic() - self._read_at < self.ttl_s:
             return dict(self._models)
-        index = await self.triton.repository_index()
+        try:
+            index = await self.triton.repository_index()
+        except grpc.aio.AioRpcError as exc:  # tritonserver restarting: 503, as for a model not ready
+            from portable_ep.openai_api.errors import from_grpc
+
+            raise from_grpc(exc.code(), exc.details() or "", "") from None
         self._read_at = time.monotonic()
         self._states = {entry["name"]: entry.get("state", "") for entry in index}
         current = {entry["name"]: f"{entry.get('version', '')}/{entry.get('state', '')}" for entry in index}
@@ -136,7 +145,11 @@ class Catalog:
             self._seen[name] = key
             try:
                 described = describe_model(name, self.repository / name, await self.triton.model_config(name))
-            except (TextSetupError, OSError, ValueError, KeyError) as exc:
+            except grpc.aio.AioRpcError as exc:
+                from portable_ep.openai_api.errors import from_grpc
+
+                raise from_grpc(exc.code(), exc.details() or "", name) from None
+            except Exception as exc:  # noqa: BLE001 - a bundle this API cannot read is one line, the others serve
                 self._models.pop(name, None)
                 self.log(f"portable-ep openai: model {name} is not served through the OpenAI API: {exc}")
                 continue

@@ -160,6 +160,15 @@ def test_a_manifest_path_outside_the_bundle_is_refused_everywhere(tmp_path, caps
             bundle_tokenizer(hostile, manifest)
 
 
+def test_an_encoder_bundles_tokenizer_path_is_confined_too(tmp_path):
+    from portable_ep.backends.bundle_paths import check_manifest_paths
+
+    for hostile in ("/etc", "../other/tokenizer"):
+        with pytest.raises(BundlePathError) as error:
+            check_manifest_paths(tmp_path, {"tokenizer": hostile})
+        assert "tokenizer" in str(error.value)
+
+
 @pytest.mark.parametrize("relative, rule", [
     ("../x", "'..'"), ("a/../../x", "'..'"), ("/etc/passwd", "absolute path"), ("", "non-empty"),
     ("a\\..\\x", "backslash"), ("C:/x", "absolute path"), (7, "non-empty relative path string"),

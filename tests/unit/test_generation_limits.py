@@ -211,3 +211,31 @@ def test_limit_parameters_that_cannot_be_understood_fail_the_load_naming_them(tm
         config = ServingConfig("llm", 0, (), (), parameters={key: value})
         with pytest.raises(ModelConfigError, match=rf"parameter {key}='{value}' must be an integer >= 0 \(0: no limit\)"):
             load_generator(config, tmp_path)
+
+
+def test_a_request_whose_last_send_fails_is_still_settled():
+    """A client that went away makes the final send raise; the request must still leave the pending count,
+    or the heartbeat would read an idle model as stalled and have a healthy stub killed."""
+    from portable_ep.generation.engine import Output
+    from portable_ep.python_backend.generation_model import ResponseStream
+
+    class ClosedSender:
+        def send(self, *args, **kwargs):
+            raise RuntimeError("Response sender has been closed")
+
+    class Pb:
+        TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+        @staticmethod
+        def Tensor(name, array):  # noqa: N802 - pb_utils' name
+            return (name, array)
+
+        @staticmethod
+        def InferenceResponse(output_tensors=()):  # noqa: N802 - pb_utils' name
+            return output_tensors
+
+    done = []
+    stream = ResponseStream(Pb, ClosedSender(), "hi", stream=True, exclude_input=True, on_done=done.append)
+    with pytest.raises(RuntimeError, match="closed"):
+        stream(Output(text="x", token_ids=[1], finish_reason="length"))
+    assert len(done) == 1
