@@ -39,9 +39,13 @@ def describe_models(server: TritonServer) -> Table:
 def start_openai_api(server: TritonServer, console, port: Optional[int], api_key: Optional[str],
                      max_body_bytes: Optional[int]):
     """The OpenAI-compatible API beside tritonserver when the repository has a model it serves, else None."""
-    from portable_ep.openai_api.catalog import repository_has_api_models
-
     if not port:
+        return None
+    try:
+        from portable_ep.openai_api.catalog import repository_has_api_models
+    except ImportError as exc:  # an environment without the server extra (the images): Triton serves all the same
+        console.print(f"portable-ep: warning: package missing for the OpenAI API ({exc.name}): "
+                      "pip install 'portable-ep[server]'; the OpenAI API is not started")
         return None
     if not repository_has_api_models(server.model_repository):
         console.print("portable-ep: no generative or embedding model in the repository: the OpenAI API is not started")

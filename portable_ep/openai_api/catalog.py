@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-
-import grpc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
+
+import grpc
 
 from portable_ep.backends.bundle_paths import confined_path
 from portable_ep.generation.bundle import context_length, tokenizer_file
