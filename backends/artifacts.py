@@ -170,3 +170,10 @@ def find_model_artifacts(version_dir) -> ModelArtifacts:
             "put the model file in the version folder or add a bundle with `portable-ep repo add`"
         )
     return ModelArtifacts(root=root, variants=variants)
+
+
+def latest_version_dir(model_dir) -> Optional[Path]:
+    """The highest numbered version folder of a model (Triton's default version policy serves the latest)."""
+    model_dir = Path(model_dir)
+    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, key=lambda p: int(p.name)) if versions else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
-from portable_ep.backends.artifacts import ModelFilesNotFound, find_model_artifacts
+from portable_ep.backends.artifacts import ModelFilesNotFound, find_model_artifacts, latest_version_dir
 from portable_ep.backends.base import ProviderUnavailable
 from portable_ep.backends.chain import parse_provider_chain
 from portable_ep.backends.registry import default_registry
@@ -29,10 +29,10 @@ def _config(model_dir: Path):
 
 
 def _newest_version(model_dir: Path) -> Path:
-    versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    if not versions:
+    version = latest_version_dir(model_dir)
+    if version is None:
         raise ModelFilesNotFound(f"{model_dir} has no version folder")
-    return versions[-1]
+    return version
 
 
 def _stored_precision(provider: str, precision: str) -> str:

@@ -17,6 +17,7 @@ from typing import Dict, Optional
 
 import grpc
 
+from portable_ep.backends.artifacts import latest_version_dir
 from portable_ep.backends.bundle_paths import confined_path
 from portable_ep.generation.bundle import context_length, tokenizer_file
 from portable_ep.generation.engine import EngineLimits
@@ -50,12 +51,6 @@ class ServedModel:
     encoder_inputs: Dict[str, str] = field(default_factory=dict)
     batched: bool = True
     width: int = 0
-
-
-def latest_version_dir(model_dir: Path) -> Optional[Path]:
-    """The highest numbered version folder (Triton's default version policy serves the latest)."""
-    versions = [p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()] if Path(model_dir).is_dir() else []
-    return max(versions, key=lambda p: int(p.name)) if versions else None
 
 
 def _parameter(config: dict, key: str) -> Optional[str]:
