@@ -166,16 +166,23 @@ def test_a_client_that_leaves_a_stream_cancels_its_request_in_the_model(serve, c
     """Closing the HTTP stream cancels the gRPC call; the model frees the sequence (its log says so)."""
     import httpx
 
-    body = {"model": "llm", "prompt": "Once upon a time", "max_tokens": 400, "stream": True, "temperature": 0,
+    body = {"model": "llm", "prompt": "Once upon a time", "max_tokens": 480, "stream": True, "temperature": 0,
             "ignore_eos": True}
-    with httpx.stream("POST", f"{serve['url']}/completions", json=body, timeout=60) as response:
-        assert response.status_code == 200
-        lines = response.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))
-    deadline = time.monotonic() + 30
-    while "request cancelled by the client" not in serve["log"].read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "request cancelled by the client" in serve["log"].read_text()
+
+    def leave_one_stream(before: int) -> bool:
+        with httpx.stream("POST", f"{serve['url']}/completions", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+        deadline = time.monotonic() + 10
+        while serve["log"].read_text().count("request cancelled by the client") <= before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return serve["log"].read_text().count("request cancelled by the client") > before
+
+    # The whole stream takes ~0.3 s on this tiny model: a busy machine may finish it before the
+    # disconnect reaches the model (nothing left to cancel), a try that proves nothing either way.
+    before = serve["log"].read_text().count("request cancelled by the client")
+    assert any(leave_one_stream(before) for _ in range(5)), "no stream was cancelled in 5 tries"
     expected = golden["prompts"][0]  # and the model serves on
     again = client.chat.completions.create(model="llm", messages=[{"role": "user", "content": PROMPTS[0]}],
                                            max_tokens=len(expected["greedy_ids"]), temperature=0)
